@@ -1,0 +1,176 @@
+//! Conversions between the domain and protobuf messages.
+
+use prost_types::{value::Kind, ListValue, Struct};
+use serde_json::{Map, Number, Value};
+
+use crate::{
+    domain::{Task, TaskStatus, Timestamp},
+    error::Error,
+    proto,
+    service::TaskPage,
+};
+
+pub fn json_to_struct(map: &Map<String, Value>) -> Struct {
+    Struct {
+        fields: map
+            .iter()
+            .map(|(key, value)| (key.clone(), json_to_value(value)))
+            .collect(),
+    }
+}
+
+fn json_to_value(value: &Value) -> prost_types::Value {
+    let kind = match value {
+        Value::Null => Kind::NullValue(0),
+        Value::Bool(flag) => Kind::BoolValue(*flag),
+        Value::Number(number) => Kind::NumberValue(number.as_f64().unwrap_or(0.0)),
+        Value::String(text) => Kind::StringValue(text.clone()),
+        Value::Array(items) => Kind::ListValue(ListValue {
+            values: items.iter().map(json_to_value).collect(),
+        }),
+        Value::Object(map) => Kind::StructValue(json_to_struct(map)),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+pub fn struct_to_json(value: Struct) -> Map<String, Value> {
+    value
+        .fields
+        .into_iter()
+        .map(|(key, value)| (key, value_to_json(value)))
+        .collect()
+}
+
+fn value_to_json(value: prost_types::Value) -> Value {
+    match value.kind {
+        None | Some(Kind::NullValue(_)) => Value::Null,
+        Some(Kind::BoolValue(flag)) => Value::Bool(flag),
+        Some(Kind::NumberValue(number)) => number_to_json(number),
+        Some(Kind::StringValue(text)) => Value::String(text),
+        Some(Kind::ListValue(list)) => {
+            Value::Array(list.values.into_iter().map(value_to_json).collect())
+        }
+        Some(Kind::StructValue(map)) => Value::Object(struct_to_json(map)),
+    }
+}
+
+/// Struct numbers are doubles; whole ones go back to JSON integers so `3` stays `3`.
+fn number_to_json(number: f64) -> Value {
+    const EXACT_INTEGER_LIMIT: f64 = 9_007_199_254_740_992.0; // 2^53
+    if number.fract() == 0.0 && number.abs() < EXACT_INTEGER_LIMIT {
+        Value::Number(Number::from(number as i64))
+    } else {
+        Number::from_f64(number).map_or(Value::Null, Value::Number)
+    }
+}
+
+pub fn timestamp(at: Timestamp) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.seconds(),
+        nanos: at.subsec_nanos(),
+    }
+}
+
+pub fn from_timestamp(name: &str, at: prost_types::Timestamp) -> Result<Timestamp, Error> {
+    Timestamp::from_parts(at.seconds, at.nanos)
+        .ok_or_else(|| Error::invalid(format!("Field '{name}' is not a valid time.")))
+}
+
+pub fn status(status: TaskStatus) -> proto::TaskStatus {
+    match status {
+        TaskStatus::Pending => proto::TaskStatus::Pending,
+        TaskStatus::Completed => proto::TaskStatus::Completed,
+        TaskStatus::Canceled => proto::TaskStatus::Canceled,
+        TaskStatus::Error => proto::TaskStatus::Error,
+    }
+}
+
+/// `None` for `UNSPECIFIED` (no filter); unknown numbers are an error.
+pub fn from_status(value: i32) -> Result<Option<TaskStatus>, Error> {
+    match proto::TaskStatus::try_from(value) {
+        Ok(proto::TaskStatus::Unspecified) => Ok(None),
+        Ok(proto::TaskStatus::Pending) => Ok(Some(TaskStatus::Pending)),
+        Ok(proto::TaskStatus::Completed) => Ok(Some(TaskStatus::Completed)),
+        Ok(proto::TaskStatus::Canceled) => Ok(Some(TaskStatus::Canceled)),
+        Ok(proto::TaskStatus::Error) => Ok(Some(TaskStatus::Error)),
+        Err(_) => Err(Error::invalid(format!(
+            "Field 'status' has an unknown value {value}."
+        ))),
+    }
+}
+
+pub fn task(task: Task) -> proto::Task {
+    proto::Task {
+        task_id: task.id.into_string(),
+        created_at: Some(timestamp(task.created_at)),
+        updated_at: Some(timestamp(task.updated_at)),
+        completed_at: task.completed_at.map(timestamp),
+        r#type: task.task_type,
+        status: status(task.status).into(),
+        instruction: task.instruction,
+        params: Some(json_to_struct(&task.params)),
+        callback_url: task.callback_url,
+        metadata: Some(json_to_struct(&task.metadata)),
+        unique_id: task.unique_id,
+        tags: task.tags.unwrap_or_default(),
+        project: task.project,
+        batch: task.batch,
+        response: task.response.map(|response| match response {
+            Value::Object(map) => json_to_struct(&map),
+            other => json_to_struct(&Map::from_iter([("value".to_owned(), other)])),
+        }),
+        callback_succeeded: task.callback_succeeded,
+        audits: task
+            .audits
+            .into_iter()
+            .map(|audit| proto::Audit {
+                accepted: audit.accepted,
+                comments: audit.comments,
+                created_at: Some(timestamp(audit.created_at)),
+            })
+            .collect(),
+        is_test: task.scope.is_test,
+        customer_review_status: task.customer_review_status,
+    }
+}
+
+/// Same fields as REST's `limited_response=true`.
+fn limited_task(task: Task) -> proto::Task {
+    proto::Task {
+        task_id: task.id.into_string(),
+        status: status(task.status).into(),
+        metadata: Some(json_to_struct(&task.metadata)),
+        project: task.project,
+        ..Default::default()
+    }
+}
+
+pub fn page(page: TaskPage) -> proto::ListTasksResponse {
+    let render = if page.limited_response {
+        limited_task
+    } else {
+        task
+    };
+    proto::ListTasksResponse {
+        docs: page.docs.into_iter().map(render).collect(),
+        total: i64::try_from(page.total).unwrap_or(i64::MAX),
+        limit: i32::try_from(page.limit).unwrap_or(i32::MAX),
+        offset: 0,
+        has_more: page.has_more,
+        next_token: page.next_token,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn json_survives_a_trip_through_struct() {
+        let original = json!({"a": 3, "b": 1.5, "c": [true, null, "x"], "d": {"e": -7}});
+        let map = original.as_object().unwrap();
+        let back = struct_to_json(json_to_struct(map));
+        assert_eq!(Value::Object(back), original);
+    }
+}

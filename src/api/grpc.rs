@@ -1,0 +1,265 @@
+//! `annotask.v1.TaskService` over gRPC and grpc-web: decode, call the service, encode.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+use tonic::{Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use super::convert;
+use crate::{
+    domain::{ListQuery, PageToken, Scope, TaskFilter, TimeRange},
+    error::Error,
+    proto::{self, task_service_server::TaskService},
+    service::Service,
+};
+
+const ERROR_DOMAIN: &str = "annotask";
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        let details = ErrorDetails::with_error_info(err.reason(), ERROR_DOMAIN, err.details());
+        Status::with_error_details(err.grpc_code(), err.to_string(), details)
+    }
+}
+
+pub struct GrpcTasks {
+    service: Arc<Service>,
+}
+
+impl GrpcTasks {
+    pub fn new(service: Arc<Service>) -> Self {
+        GrpcTasks { service }
+    }
+
+    async fn caller<T>(&self, request: &Request<T>) -> Result<Scope, Status> {
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .and_then(|value| value.to_str().ok());
+        Ok(self.service.authenticate(authorization).await?)
+    }
+}
+
+type TaskResult = Result<Response<proto::Task>, Status>;
+
+fn reply(task: Result<crate::domain::Task, Error>) -> TaskResult {
+    Ok(Response::new(convert::task(task?)))
+}
+
+fn time_range(
+    from_name: &str,
+    from: Option<prost_types::Timestamp>,
+    to_name: &str,
+    to: Option<prost_types::Timestamp>,
+) -> Result<TimeRange, Error> {
+    Ok(TimeRange {
+        from: from
+            .map(|at| convert::from_timestamp(from_name, at))
+            .transpose()?,
+        to: to.map(|at| convert::from_timestamp(to_name, at)).transpose()?,
+    })
+}
+
+fn non_empty(text: String) -> Option<String> {
+    (!text.is_empty()).then_some(text)
+}
+
+fn list_query(request: proto::ListTasksRequest) -> Result<ListQuery, Error> {
+    let after = match non_empty(request.next_token) {
+        Some(token) => Some(PageToken::decode(&token).ok_or_else(|| {
+            Error::invalid("Parameter 'next_token' is not a valid page token.")
+        })?),
+        None => None,
+    };
+    Ok(ListQuery {
+        filter: TaskFilter {
+            created: time_range(
+                "start_time",
+                request.start_time,
+                "end_time",
+                request.end_time,
+            )?,
+            completed: time_range(
+                "completed_after",
+                request.completed_after,
+                "completed_before",
+                request.completed_before,
+            )?,
+            updated: time_range(
+                "updated_after",
+                request.updated_after,
+                "updated_before",
+                request.updated_before,
+            )?,
+            status: convert::from_status(request.status)?,
+            task_type: non_empty(request.r#type),
+            project: non_empty(request.project),
+            batch: non_empty(request.batch),
+            unique_ids: request.unique_id,
+            tags: request.tags,
+            customer_review_statuses: request.customer_review_status,
+        },
+        limit: (request.limit != 0).then_some(i64::from(request.limit)),
+        after,
+        limited_response: request.limited_response,
+    })
+}
+
+/// The gRPC request rebuilt into the REST body's shape, so one code path validates both.
+fn creation_fields(request: proto::CreateTaskRequest) -> Map<String, Value> {
+    let mut fields = request.params.map(convert::struct_to_json).unwrap_or_default();
+    let mut set = |name: &str, value: Option<Value>| {
+        if let Some(value) = value {
+            fields.insert(name.to_owned(), value);
+        }
+    };
+    set("instruction", request.instruction.map(Value::String));
+    set("callback_url", request.callback_url.map(Value::String));
+    set(
+        "metadata",
+        request
+            .metadata
+            .map(|metadata| Value::Object(convert::struct_to_json(metadata))),
+    );
+    set("unique_id", request.unique_id.map(Value::String));
+    set(
+        "tags",
+        (!request.tags.is_empty())
+            .then(|| Value::Array(request.tags.into_iter().map(Value::String).collect())),
+    );
+    set("project", request.project.map(Value::String));
+    set("batch", request.batch.map(Value::String));
+    set(
+        "clear_unique_id_on_error",
+        request.clear_unique_id_on_error.then_some(Value::Bool(true)),
+    );
+    fields
+}
+
+#[tonic::async_trait]
+impl TaskService for GrpcTasks {
+    async fn create_task(&self, request: Request<proto::CreateTaskRequest>) -> TaskResult {
+        let scope = self.caller(&request).await?;
+        let request = request.into_inner();
+        let task_type = request.r#type.clone();
+        reply(
+            self.service
+                .create_task(scope, &task_type, creation_fields(request))
+                .await,
+        )
+    }
+
+    async fn get_task(&self, request: Request<proto::GetTaskRequest>) -> TaskResult {
+        let scope = self.caller(&request).await?;
+        reply(
+            self.service
+                .get_task(scope, &request.into_inner().task_id)
+                .await,
+        )
+    }
+
+    async fn list_tasks(
+        &self,
+        request: Request<proto::ListTasksRequest>,
+    ) -> Result<Response<proto::ListTasksResponse>, Status> {
+        let scope = self.caller(&request).await?;
+        let query = list_query(request.into_inner())?;
+        let page = self.service.list_tasks(scope, query).await?;
+        Ok(Response::new(convert::page(page)))
+    }
+
+    async fn cancel_task(&self, request: Request<proto::CancelTaskRequest>) -> TaskResult {
+        let scope = self.caller(&request).await?;
+        let request = request.into_inner();
+        reply(
+            self.service
+                .cancel_task(scope, &request.task_id, request.clear_unique_id)
+                .await,
+        )
+    }
+
+    async fn set_task_metadata(
+        &self,
+        request: Request<proto::SetTaskMetadataRequest>,
+    ) -> TaskResult {
+        let scope = self.caller(&request).await?;
+        let request = request.into_inner();
+        let metadata = Value::Object(
+            request
+                .metadata
+                .map(convert::struct_to_json)
+                .unwrap_or_default(),
+        );
+        reply(
+            self.service
+                .set_task_metadata(scope, &request.task_id, metadata)
+                .await,
+        )
+    }
+
+    async fn update_task_unique_id(
+        &self,
+        request: Request<proto::UpdateTaskUniqueIdRequest>,
+    ) -> TaskResult {
+        let scope = self.caller(&request).await?;
+        let request = request.into_inner();
+        reply(
+            self.service
+                .update_task_unique_id(scope, &request.task_id, request.unique_id)
+                .await,
+        )
+    }
+
+    async fn delete_task_unique_id(
+        &self,
+        request: Request<proto::DeleteTaskUniqueIdRequest>,
+    ) -> TaskResult {
+        let scope = self.caller(&request).await?;
+        reply(
+            self.service
+                .delete_task_unique_id(scope, &request.into_inner().task_id)
+                .await,
+        )
+    }
+
+    async fn add_task_tags(&self, request: Request<proto::TaskTagsRequest>) -> TaskResult {
+        let scope = self.caller(&request).await?;
+        let request = request.into_inner();
+        reply(
+            self.service
+                .add_task_tags(scope, &request.task_id, request.tags)
+                .await,
+        )
+    }
+
+    async fn set_task_tags(&self, request: Request<proto::TaskTagsRequest>) -> TaskResult {
+        let scope = self.caller(&request).await?;
+        let request = request.into_inner();
+        reply(
+            self.service
+                .set_task_tags(scope, &request.task_id, request.tags)
+                .await,
+        )
+    }
+
+    async fn delete_task_tags(&self, request: Request<proto::TaskTagsRequest>) -> TaskResult {
+        let scope = self.caller(&request).await?;
+        let request = request.into_inner();
+        reply(
+            self.service
+                .delete_task_tags(scope, &request.task_id, request.tags)
+                .await,
+        )
+    }
+
+    async fn audit_task(&self, request: Request<proto::AuditTaskRequest>) -> TaskResult {
+        let scope = self.caller(&request).await?;
+        let request = request.into_inner();
+        reply(
+            self.service
+                .audit_task(scope, &request.task_id, request.accepted, request.comments)
+                .await,
+        )
+    }
+}

@@ -1,0 +1,70 @@
+//! `annotask serve | migrate | api-keys create`.
+
+use std::net::SocketAddr;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, Limits};
+
+#[derive(Debug, Parser)]
+#[command(name = "annotask", version, about = "Scale-compatible annotation task service")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run migrations, then serve gRPC, grpc-web and REST on one port.
+    Serve(ServeArgs),
+    /// Apply migrations and exit.
+    Migrate(DatabaseArgs),
+    /// Manage API keys.
+    #[command(subcommand)]
+    ApiKeys(ApiKeysCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct DatabaseArgs {
+    /// `sqlite://PATH?mode=rwc` or `postgres://USER@HOST:PORT/DB`.
+    #[arg(long, env = "ANNOTASK_DATABASE_URL", default_value = "sqlite://annotask.db?mode=rwc")]
+    pub database_url: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "ANNOTASK_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Largest accepted request body, in bytes (larger: 413).
+    #[arg(long, env = "ANNOTASK_MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes)]
+    pub max_body_bytes: usize,
+    /// Largest accepted task metadata, in bytes of JSON.
+    #[arg(long, env = "ANNOTASK_MAX_METADATA_BYTES", default_value_t = Limits::default().max_metadata_bytes)]
+    pub max_metadata_bytes: usize,
+}
+
+impl ServeArgs {
+    pub fn config(&self) -> Config {
+        let mut config = Config::new(self.database.database_url.clone());
+        config.limits.max_body_bytes = self.max_body_bytes;
+        config.limits.max_metadata_bytes = self.max_metadata_bytes;
+        config
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApiKeysCommand {
+    /// Create the account if needed and a new API key for it; the key is the last line printed.
+    Create {
+        #[arg(long)]
+        account: String,
+        /// A test key (`test_…`): its tasks live in a separate test world.
+        #[arg(long)]
+        test: bool,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+}

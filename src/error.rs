@@ -1,0 +1,122 @@
+//! The one error type of the domain, mapped once to HTTP and once to gRPC.
+
+use std::collections::HashMap;
+
+use axum::http::StatusCode;
+use tonic::Code;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// Bad input: 400 / `INVALID_ARGUMENT`.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The request is valid but the task's state forbids it: 400 / `FAILED_PRECONDITION`.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Missing or unknown API key: 401 / `UNAUTHENTICATED`.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Unknown, malformed or another account's object: 404 / `NOT_FOUND`.
+    #[error("{0}")]
+    NotFound(String),
+    /// Another task holds the unique_id: 409 / `ALREADY_EXISTS`.
+    #[error("The unique_id (\"{unique_id}\") is already used for a different task ({task_id}).")]
+    UniqueIdConflict { unique_id: String, task_id: String },
+    /// An Idempotency-Key reused with other parameters or by another account: 409 / `ABORTED`.
+    #[error("{0}")]
+    IdempotencyConflict(String),
+    /// The first request with this Idempotency-Key is still running: 429 / `RESOURCE_EXHAUSTED`.
+    #[error("A request with this Idempotency-Key is still in progress; retry shortly.")]
+    IdempotencyInFlight,
+    /// Request body over the configured limit: 413 / `RESOURCE_EXHAUSTED`.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// The database cannot be reached: 503 / `UNAVAILABLE`.
+    #[error("the service is temporarily unavailable")]
+    Unavailable,
+    /// A bug or an unexpected storage failure: 500 / `INTERNAL`. The cause is logged, never returned.
+    #[error("internal error")]
+    Internal,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Error::InvalidArgument(message.into())
+    }
+
+    pub fn task_not_found() -> Self {
+        Error::NotFound("No task found with that task_id.".to_owned())
+    }
+
+    pub fn http_status(&self) -> StatusCode {
+        match self {
+            Error::InvalidArgument(_) | Error::FailedPrecondition(_) => StatusCode::BAD_REQUEST,
+            Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::UniqueIdConflict { .. } | Error::IdempotencyConflict(_) => StatusCode::CONFLICT,
+            Error::IdempotencyInFlight => StatusCode::TOO_MANY_REQUESTS,
+            Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn grpc_code(&self) -> Code {
+        match self {
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::NotFound(_) => Code::NotFound,
+            Error::UniqueIdConflict { .. } => Code::AlreadyExists,
+            Error::IdempotencyConflict(_) => Code::Aborted,
+            Error::IdempotencyInFlight | Error::PayloadTooLarge(_) => Code::ResourceExhausted,
+            Error::Unavailable => Code::Unavailable,
+            Error::Internal => Code::Internal,
+        }
+    }
+
+    /// Stable machine-readable reason, sent as `google.rpc.ErrorInfo.reason`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::InvalidArgument(_) => "INVALID_ARGUMENT",
+            Error::FailedPrecondition(_) => "TASK_NOT_CANCELABLE",
+            Error::Unauthenticated(_) => "UNAUTHENTICATED",
+            Error::NotFound(_) => "NOT_FOUND",
+            Error::UniqueIdConflict { .. } => "UNIQUE_ID_CONFLICT",
+            Error::IdempotencyConflict(_) => "IDEMPOTENCY_KEY_CONFLICT",
+            Error::IdempotencyInFlight => "IDEMPOTENCY_KEY_IN_FLIGHT",
+            Error::PayloadTooLarge(_) => "PAYLOAD_TOO_LARGE",
+            Error::Unavailable => "UNAVAILABLE",
+            Error::Internal => "INTERNAL",
+        }
+    }
+
+    /// Extra `ErrorInfo` metadata, e.g. the task that holds a conflicting unique_id.
+    pub fn details(&self) -> HashMap<String, String> {
+        match self {
+            Error::UniqueIdConflict { unique_id, task_id } => HashMap::from([
+                ("unique_id".to_owned(), unique_id.clone()),
+                ("conflicting_task_id".to_owned(), task_id.clone()),
+            ]),
+            _ => HashMap::new(),
+        }
+    }
+}
+
+impl From<sea_orm::DbErr> for Error {
+    fn from(err: sea_orm::DbErr) -> Self {
+        use sea_orm::DbErr;
+        match err {
+            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => {
+                tracing::warn!(error = %err, "database unavailable");
+                Error::Unavailable
+            }
+            other => {
+                tracing::error!(error = %other, "database error");
+                Error::Internal
+            }
+        }
+    }
+}

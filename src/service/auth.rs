@@ -1,0 +1,121 @@
+//! API keys: generation, hashing and authentication of every request.
+
+use base64::{engine::general_purpose::STANDARD, Engine};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+use super::Service;
+use crate::{
+    domain::Scope,
+    error::{Error, Result},
+};
+
+const LIVE_PREFIX: &str = "live_";
+const TEST_PREFIX: &str = "test_";
+
+/// A new key: `live_` or `test_` and 160 random bits in hex.
+pub fn generate_api_key(is_test: bool) -> String {
+    let mut secret = [0u8; 20];
+    rand::rng().fill_bytes(&mut secret);
+    let prefix = if is_test { TEST_PREFIX } else { LIVE_PREFIX };
+    format!("{prefix}{}", hex::encode(secret))
+}
+
+/// Keys carry 160 random bits, so a plain SHA-256 cannot be brute-forced; only this is stored.
+fn hash_api_key(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+/// The API key in an `Authorization` value: HTTP Basic with the key as user name (Scale's
+/// scheme, password ignored) or `Bearer KEY`.
+pub fn credential_from_authorization(value: &str) -> Option<String> {
+    let (scheme, rest) = value.trim().split_once(' ')?;
+    let rest = rest.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return (!rest.is_empty()).then(|| rest.to_owned());
+    }
+    if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = String::from_utf8(STANDARD.decode(rest).ok()?).ok()?;
+        let user = decoded.split_once(':').map_or(decoded.as_str(), |(user, _)| user);
+        return (!user.is_empty()).then(|| user.to_owned());
+    }
+    None
+}
+
+impl Service {
+    /// Resolves the `Authorization` header (or gRPC metadata) to the caller's scope.
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Scope> {
+        let key = authorization
+            .and_then(credential_from_authorization)
+            .ok_or_else(|| {
+                Error::Unauthenticated(
+                    "Please provide a valid API key (HTTP Basic with the key as user name, or Bearer)."
+                        .to_owned(),
+                )
+            })?;
+        let unknown = || Error::Unauthenticated("The API key is not valid.".to_owned());
+        if !key.starts_with(LIVE_PREFIX) && !key.starts_with(TEST_PREFIX) {
+            return Err(unknown());
+        }
+        let scope = self
+            .store
+            .find_api_key(&hash_api_key(&key))
+            .await?
+            .ok_or_else(unknown)?;
+        // The prefix is part of the hashed key, so it always agrees with the stored world.
+        Ok(scope)
+    }
+
+    /// Creates the account if needed and a new key for it; returns the key (shown once).
+    pub async fn create_api_key(&self, account: &str, is_test: bool) -> Result<String> {
+        let account = account.trim();
+        if account.is_empty() {
+            return Err(Error::invalid("The account name must not be empty."));
+        }
+        let key = generate_api_key(is_test);
+        self.store
+            .create_api_key(account, &hash_api_key(&key), is_test)
+            .await?;
+        Ok(key)
+    }
+
+    /// On an empty database, creates account `default` with a live key and returns the key.
+    pub async fn bootstrap_default_account(&self) -> Result<Option<String>> {
+        if self.store.count_accounts().await? > 0 {
+            return Ok(None);
+        }
+        self.create_api_key("default", false).await.map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_auth_takes_the_user_name_as_the_key() {
+        let header = format!("Basic {}", STANDARD.encode("live_abc:"));
+        assert_eq!(credential_from_authorization(&header).as_deref(), Some("live_abc"));
+        let no_colon = format!("Basic {}", STANDARD.encode("live_abc"));
+        assert_eq!(credential_from_authorization(&no_colon).as_deref(), Some("live_abc"));
+    }
+
+    #[test]
+    fn bearer_auth_takes_the_token() {
+        assert_eq!(
+            credential_from_authorization("Bearer test_123").as_deref(),
+            Some("test_123")
+        );
+        assert_eq!(credential_from_authorization("bearer   "), None);
+        assert_eq!(credential_from_authorization("Digest x"), None);
+        assert_eq!(credential_from_authorization("Basic !!!"), None);
+    }
+
+    #[test]
+    fn keys_have_a_world_prefix_and_160_random_bits() {
+        let live = generate_api_key(false);
+        assert!(live.starts_with("live_") && live.len() == 45);
+        assert!(generate_api_key(true).starts_with("test_"));
+        assert_ne!(hash_api_key(&live), live);
+    }
+}

@@ -1,0 +1,413 @@
+//! Task rules: creation and validation, the status machine, unique_id, metadata, tags, lists.
+
+use serde_json::{Map, Value};
+
+use super::Service;
+use crate::{
+    domain::{
+        parse_bool, Audit, ListQuery, PageToken, Scope, Task, TaskId, TaskStatus, TaskType,
+        Timestamp,
+    },
+    error::{Error, Result},
+};
+
+const DEFAULT_PAGE_SIZE: i64 = 100;
+const MAX_PAGE_SIZE: i64 = 100;
+
+/// One page of a task list.
+#[derive(Debug, Clone)]
+pub struct TaskPage {
+    pub docs: Vec<Task>,
+    pub total: u64,
+    pub limit: i64,
+    pub has_more: bool,
+    pub next_token: Option<String>,
+    pub limited_response: bool,
+}
+
+impl Service {
+    /// Creates a task of `task_type` from its creation fields (the REST body, or the gRPC
+    /// request rebuilt into the same shape). Fields that are not common to every type become `params`.
+    pub async fn create_task(
+        &self,
+        scope: Scope,
+        task_type: &str,
+        mut fields: Map<String, Value>,
+    ) -> Result<Task> {
+        let task_type = TaskType::parse(task_type).ok_or_else(|| {
+            Error::invalid(format!(
+                "Unknown task type '{task_type}'. Valid types: {}.",
+                TaskType::all_names().collect::<Vec<_>>().join(", ")
+            ))
+        })?;
+        let instruction = take_string(&mut fields, "instruction")?;
+        let callback_url = take_string(&mut fields, "callback_url")?
+            .filter(|url| !url.is_empty())
+            .map(check_callback_url)
+            .transpose()?;
+        let metadata = match fields.remove("metadata") {
+            None | Some(Value::Null) => Map::new(),
+            Some(value) => self.check_metadata(value)?,
+        };
+        let unique_id = take_string(&mut fields, "unique_id")?
+            .map(|unique_id| self.check_unique_id(unique_id))
+            .transpose()?;
+        let tags = match fields.remove("tags") {
+            None | Some(Value::Null) => None,
+            Some(value) => Some(self.check_tags(tags_from_json(value)?)?),
+        };
+        let project = take_string(&mut fields, "project")?.filter(|name| !name.is_empty());
+        let batch = take_string(&mut fields, "batch")?.filter(|name| !name.is_empty());
+        let clear_unique_id_on_error = match fields.remove("clear_unique_id_on_error") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(flag)) => flag,
+            Some(Value::String(text)) => parse_bool(&text).ok_or_else(|| {
+                Error::invalid("Parameter 'clear_unique_id_on_error' must be a boolean.")
+            })?,
+            Some(_) => {
+                return Err(Error::invalid(
+                    "Parameter 'clear_unique_id_on_error' must be a boolean.",
+                ))
+            }
+        };
+        let has_instruction = instruction
+            .as_deref()
+            .is_some_and(|text| !text.trim().is_empty());
+        // A project can supply the instruction, so only project-less tasks must carry one.
+        if task_type.needs_instruction() && !has_instruction && project.is_none() {
+            return Err(Error::invalid(format!(
+                "Missing required parameter for {} tasks: 'instruction'.",
+                task_type.name()
+            )));
+        }
+        task_type.check_params(&fields).map_err(Error::InvalidArgument)?;
+
+        let now = Timestamp::now();
+        let task = Task {
+            id: TaskId::generate(now),
+            scope,
+            task_type: task_type.name().to_owned(),
+            status: TaskStatus::Pending,
+            instruction,
+            params: fields,
+            callback_url,
+            metadata,
+            unique_id,
+            tags,
+            project,
+            batch,
+            response: None,
+            callback_succeeded: None,
+            audits: Vec::new(),
+            customer_review_status: None,
+            clear_unique_id_on_error,
+            created_at: now,
+            updated_at: now,
+            completed_at: None,
+        };
+        self.store.insert_task(&task).await?;
+        tracing::info!(task_id = %task.id, task_type = task_type.name(), "task created");
+        Ok(task)
+    }
+
+    pub async fn get_task(&self, scope: Scope, task_id: &str) -> Result<Task> {
+        let id = parse_task_id(task_id)?;
+        self.store
+            .get_task(scope, &id)
+            .await?
+            .ok_or_else(Error::task_not_found)
+    }
+
+    pub async fn list_tasks(&self, scope: Scope, query: ListQuery) -> Result<TaskPage> {
+        let limit = query.limit.unwrap_or(DEFAULT_PAGE_SIZE);
+        if !(1..=MAX_PAGE_SIZE).contains(&limit) {
+            return Err(Error::invalid(format!(
+                "Parameter 'limit' must be between 1 and {MAX_PAGE_SIZE}."
+            )));
+        }
+        if let Some(task_type) = &query.filter.task_type {
+            if TaskType::parse(task_type).is_none() {
+                return Err(Error::invalid(format!(
+                    "Parameter 'type' is not a known task type: '{task_type}'."
+                )));
+            }
+        }
+        let page_size = limit.unsigned_abs();
+        let mut docs = self
+            .store
+            .list_tasks(scope, &query.filter, query.after.as_ref(), page_size + 1)
+            .await?;
+        let has_more = docs.len() as u64 > page_size;
+        docs.truncate(page_size as usize);
+        let next_token = if has_more {
+            docs.last().map(|last| {
+                PageToken {
+                    created_at: last.created_at,
+                    task_id: last.id.clone(),
+                }
+                .encode()
+            })
+        } else {
+            None
+        };
+        let total = self.store.count_tasks(scope, &query.filter).await?;
+        Ok(TaskPage {
+            docs,
+            total,
+            limit,
+            has_more,
+            next_token,
+            limited_response: query.limited_response,
+        })
+    }
+
+    /// pending → canceled; canceled stays canceled; completed or error cannot be canceled.
+    pub async fn cancel_task(
+        &self,
+        scope: Scope,
+        task_id: &str,
+        clear_unique_id: bool,
+    ) -> Result<Task> {
+        self.mutate_task(scope, task_id, |task| {
+            match task.status {
+                TaskStatus::Pending => task.status = TaskStatus::Canceled,
+                TaskStatus::Canceled => {}
+                TaskStatus::Completed | TaskStatus::Error => {
+                    return Err(Error::FailedPrecondition(
+                        "The task was already completed and cannot be canceled.".to_owned(),
+                    ))
+                }
+            }
+            if clear_unique_id {
+                task.unique_id = None;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Replaces the task's metadata with `metadata`, which must be a JSON object.
+    pub async fn set_task_metadata(
+        &self,
+        scope: Scope,
+        task_id: &str,
+        metadata: Value,
+    ) -> Result<Task> {
+        let metadata = self.check_metadata(metadata)?;
+        self.mutate_task(scope, task_id, |task| {
+            task.metadata = metadata;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn update_task_unique_id(
+        &self,
+        scope: Scope,
+        task_id: &str,
+        unique_id: String,
+    ) -> Result<Task> {
+        let unique_id = self.check_unique_id(unique_id)?;
+        self.mutate_task(scope, task_id, |task| {
+            task.unique_id = Some(unique_id);
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn delete_task_unique_id(&self, scope: Scope, task_id: &str) -> Result<Task> {
+        self.mutate_task(scope, task_id, |task| {
+            task.unique_id = None;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Appends the tags the task does not have yet, keeping their order.
+    pub async fn add_task_tags(
+        &self,
+        scope: Scope,
+        task_id: &str,
+        tags: Vec<String>,
+    ) -> Result<Task> {
+        let tags = self.check_tags(tags)?;
+        let max_tags = self.limits.max_tags;
+        self.mutate_task(scope, task_id, |task| {
+            let mut merged = task.tags.clone().unwrap_or_default();
+            for tag in tags {
+                if !merged.contains(&tag) {
+                    merged.push(tag);
+                }
+            }
+            if merged.len() > max_tags {
+                return Err(too_many_tags(max_tags));
+            }
+            task.tags = Some(merged);
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn set_task_tags(
+        &self,
+        scope: Scope,
+        task_id: &str,
+        tags: Vec<String>,
+    ) -> Result<Task> {
+        let tags = self.check_tags(tags)?;
+        self.mutate_task(scope, task_id, |task| {
+            task.tags = Some(tags);
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn delete_task_tags(
+        &self,
+        scope: Scope,
+        task_id: &str,
+        tags: Vec<String>,
+    ) -> Result<Task> {
+        let tags = self.check_tags(tags)?;
+        self.mutate_task(scope, task_id, |task| {
+            if let Some(current) = task.tags.as_mut() {
+                current.retain(|tag| !tags.contains(tag));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Records a customer audit of a completed task.
+    pub async fn audit_task(
+        &self,
+        scope: Scope,
+        task_id: &str,
+        accepted: bool,
+        comments: Option<String>,
+    ) -> Result<Task> {
+        self.mutate_task(scope, task_id, |task| {
+            if task.status != TaskStatus::Completed {
+                return Err(Error::invalid("Only completed tasks can be audited."));
+            }
+            task.audits.push(Audit {
+                accepted,
+                comments: comments.filter(|text| !text.is_empty()),
+                created_at: Timestamp::now(),
+            });
+            task.customer_review_status =
+                Some(if accepted { "accepted" } else { "rejected" }.to_owned());
+            Ok(())
+        })
+        .await
+    }
+
+    /// Applies `change` atomically under the task's row lock; bumps `updated_at` when it
+    /// changed anything.
+    async fn mutate_task<F>(&self, scope: Scope, task_id: &str, change: F) -> Result<Task>
+    where
+        F: FnOnce(&mut Task) -> Result<()>,
+    {
+        let id = parse_task_id(task_id)?;
+        self.store
+            .update_task(scope, &id, |task| {
+                let before = task.clone();
+                change(task)?;
+                if *task != before {
+                    task.updated_at = Timestamp::now().max(before.updated_at);
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    fn check_metadata(&self, value: Value) -> Result<Map<String, Value>> {
+        let Value::Object(metadata) = value else {
+            return Err(Error::invalid("Parameter 'metadata' must be a JSON object."));
+        };
+        let size = serde_json::to_string(&metadata).map_or(usize::MAX, |text| text.len());
+        if size > self.limits.max_metadata_bytes {
+            return Err(Error::invalid(format!(
+                "Parameter 'metadata' is too large: at most {} bytes of JSON.",
+                self.limits.max_metadata_bytes
+            )));
+        }
+        Ok(metadata)
+    }
+
+    fn check_unique_id(&self, unique_id: String) -> Result<String> {
+        if unique_id.trim().is_empty() {
+            return Err(Error::invalid("Parameter 'unique_id' must not be empty."));
+        }
+        if unique_id.chars().count() > self.limits.max_unique_id_chars {
+            return Err(Error::invalid(format!(
+                "Parameter 'unique_id' must be at most {} characters.",
+                self.limits.max_unique_id_chars
+            )));
+        }
+        Ok(unique_id)
+    }
+
+    /// Every tag non-empty and short enough; duplicates dropped, first occurrence kept.
+    fn check_tags(&self, tags: Vec<String>) -> Result<Vec<String>> {
+        let mut unique: Vec<String> = Vec::with_capacity(tags.len());
+        for tag in tags {
+            if tag.trim().is_empty() {
+                return Err(Error::invalid("Tags must be non-empty strings."));
+            }
+            if tag.chars().count() > self.limits.max_tag_chars {
+                return Err(Error::invalid(format!(
+                    "Each tag must be at most {} characters.",
+                    self.limits.max_tag_chars
+                )));
+            }
+            if !unique.contains(&tag) {
+                unique.push(tag);
+            }
+        }
+        if unique.len() > self.limits.max_tags {
+            return Err(too_many_tags(self.limits.max_tags));
+        }
+        Ok(unique)
+    }
+}
+
+/// Tags as a JSON array of strings; `null` or any non-string is rejected.
+pub fn tags_from_json(value: Value) -> Result<Vec<String>> {
+    let Value::Array(items) = value else {
+        return Err(Error::invalid("Tags must be a JSON array of strings."));
+    };
+    items
+        .into_iter()
+        .map(|item| match item {
+            Value::String(tag) => Ok(tag),
+            _ => Err(Error::invalid("Tags must be non-empty strings.")),
+        })
+        .collect()
+}
+
+fn too_many_tags(max_tags: usize) -> Error {
+    Error::invalid(format!("A task can have at most {max_tags} tags."))
+}
+
+/// A malformed id can never name a task: 404, as on Scale.
+fn parse_task_id(task_id: &str) -> Result<TaskId> {
+    TaskId::parse(task_id).ok_or_else(Error::task_not_found)
+}
+
+fn take_string(fields: &mut Map<String, Value>, name: &str) -> Result<Option<String>> {
+    match fields.remove(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text)),
+        Some(_) => Err(Error::invalid(format!("Parameter '{name}' must be a string."))),
+    }
+}
+
+fn check_callback_url(text: String) -> Result<String> {
+    match url::Url::parse(&text) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Ok(text),
+        _ => Err(Error::invalid(
+            "Parameter 'callback_url' must be an http or https URL.",
+        )),
+    }
+}

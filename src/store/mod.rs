@@ -1,0 +1,79 @@
+//! The one repository: sea-orm on SQLite or PostgreSQL. Database errors become domain errors here.
+
+mod accounts;
+pub mod entities;
+mod tasks;
+
+use std::time::Duration;
+
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
+
+use crate::error::{Error, Result};
+
+#[derive(Clone)]
+pub struct Store {
+    db: DatabaseConnection,
+}
+
+impl Store {
+    /// Connects to `sqlite:…` or `postgres://…`.
+    pub async fn connect(database_url: &str) -> Result<Self, DbErr> {
+        let mut options = ConnectOptions::new(database_url.to_owned());
+        options
+            .acquire_timeout(Duration::from_secs(10))
+            .sqlx_logging(false);
+        if database_url.starts_with("sqlite:") {
+            // One connection serialises SQLite writers: no SQLITE_BUSY on lock upgrades, and a
+            // transaction sees exactly what it wrote. The scale-out backend is PostgreSQL.
+            options.max_connections(1).min_connections(1);
+        } else {
+            options.max_connections(32).min_connections(1);
+        }
+        let db = Database::connect(options).await?;
+        if db.get_database_backend() == DbBackend::Sqlite {
+            for pragma in [
+                "PRAGMA journal_mode = WAL",
+                "PRAGMA synchronous = NORMAL",
+                "PRAGMA foreign_keys = ON",
+                "PRAGMA busy_timeout = 5000",
+            ] {
+                db.execute_unprepared(pragma).await?;
+            }
+        }
+        Ok(Store { db })
+    }
+
+    pub async fn migrate(&self) -> Result<(), DbErr> {
+        Migrator::up(&self.db, None).await
+    }
+
+    /// Whether the database answers at all (for `/healthz`).
+    pub async fn ping(&self) -> Result<()> {
+        self.db.ping().await.map_err(|err| {
+            tracing::warn!(error = %err, "database ping failed");
+            Error::Unavailable
+        })
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self.db.get_database_backend() {
+            DbBackend::Sqlite => "sqlite",
+            DbBackend::Postgres => "postgres",
+            DbBackend::MySql => "mysql",
+        }
+    }
+
+    pub async fn close(self) {
+        if let Err(err) = self.db.close().await {
+            tracing::warn!(error = %err, "closing the database pool failed");
+        }
+    }
+}
+
+fn is_unique_violation(err: &DbErr) -> bool {
+    matches!(
+        err.sql_err(),
+        Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+    )
+}

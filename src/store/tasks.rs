@@ -1,0 +1,418 @@
+//! Task rows, their tag index and the counters behind list totals.
+
+use sea_orm::{
+    sea_query::{Alias, Expr, Func, OnConflict, Query, SimpleExpr},
+    ActiveValue::Set,
+    ColumnTrait, Condition, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, TransactionTrait,
+};
+use serde_json::{Map, Value};
+
+use super::{
+    entities::{task_counts, task_tags, tasks},
+    is_unique_violation, Store,
+};
+use crate::{
+    domain::{Audit, PageToken, Scope, Task, TaskFilter, TaskId, TaskStatus, Timestamp},
+    error::{Error, Result},
+};
+
+impl Store {
+    /// Inserts a new task with its tags and counter in one transaction.
+    pub async fn insert_task(&self, task: &Task) -> Result<()> {
+        let txn = self.db.begin().await?;
+        let inserted = tasks::Entity::insert(to_active_model(task)?)
+            .exec_without_returning(&txn)
+            .await;
+        if let Err(err) = inserted {
+            drop(txn);
+            return Err(self.translate_write_error(err, task).await);
+        }
+        replace_tag_rows(&txn, task).await?;
+        adjust_count(&txn, task, 1).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    pub async fn get_task(&self, scope: Scope, id: &TaskId) -> Result<Option<Task>> {
+        tasks::Entity::find_by_id(id.as_str())
+            .filter(scope_condition(scope))
+            .one(&self.db)
+            .await?
+            .map(from_model)
+            .transpose()
+    }
+
+    /// Loads the task under a row lock, lets `change` apply the service's rules to it, and
+    /// writes the result back with its tag rows and counters, all in one transaction.
+    pub async fn update_task<F>(&self, scope: Scope, id: &TaskId, change: F) -> Result<Task>
+    where
+        F: FnOnce(&mut Task) -> Result<()>,
+    {
+        let txn = self.db.begin().await?;
+        let row = tasks::Entity::find_by_id(id.as_str())
+            .filter(scope_condition(scope))
+            .lock_exclusive()
+            .one(&txn)
+            .await?
+            .ok_or_else(Error::task_not_found)?;
+        let before = from_model(row)?;
+        let mut task = before.clone();
+        change(&mut task)?;
+        if task == before {
+            txn.commit().await?;
+            return Ok(task);
+        }
+        let updated = tasks::Entity::update(to_active_model(&task)?)
+            .exec(&txn)
+            .await;
+        if let Err(err) = updated {
+            drop(txn);
+            return Err(self.translate_write_error(err, &task).await);
+        }
+        if task.tags != before.tags {
+            replace_tag_rows(&txn, &task).await?;
+        }
+        if count_key(&task) != count_key(&before) {
+            adjust_count(&txn, &before, -1).await?;
+            adjust_count(&txn, &task, 1).await?;
+        }
+        txn.commit().await?;
+        Ok(task)
+    }
+
+    /// One page in list order, starting after `after`.
+    pub async fn list_tasks(
+        &self,
+        scope: Scope,
+        filter: &TaskFilter,
+        after: Option<&PageToken>,
+        fetch: u64,
+    ) -> Result<Vec<Task>> {
+        let mut select = tasks::Entity::find().filter(filter_condition(scope, filter));
+        if let Some(position) = after {
+            let created = position.created_at.millis();
+            select = select.filter(
+                Condition::any()
+                    .add(tasks::Column::CreatedAt.lt(created))
+                    .add(
+                        Condition::all()
+                            .add(tasks::Column::CreatedAt.eq(created))
+                            .add(tasks::Column::TaskId.lt(position.task_id.as_str())),
+                    ),
+            );
+        }
+        select
+            .order_by_desc(tasks::Column::CreatedAt)
+            .order_by_desc(tasks::Column::TaskId)
+            .limit(fetch)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(from_model)
+            .collect()
+    }
+
+    /// The exact number of tasks matching `filter`.
+    pub async fn count_tasks(&self, scope: Scope, filter: &TaskFilter) -> Result<u64> {
+        if !filter.is_answered_by_counters() {
+            return Ok(tasks::Entity::find()
+                .filter(filter_condition(scope, filter))
+                .count(&self.db)
+                .await?);
+        }
+        let mut condition = Condition::all()
+            .add(task_counts::Column::AccountId.eq(scope.account_id))
+            .add(task_counts::Column::IsTest.eq(scope.is_test));
+        if let Some(status) = filter.status {
+            condition = condition.add(task_counts::Column::Status.eq(status.as_str()));
+        }
+        if let Some(task_type) = &filter.task_type {
+            condition = condition.add(task_counts::Column::TaskType.eq(task_type.as_str()));
+        }
+        if let Some(project) = &filter.project {
+            condition = condition.add(task_counts::Column::Project.eq(project.as_str()));
+        }
+        if let Some(batch) = &filter.batch {
+            condition = condition.add(task_counts::Column::Batch.eq(batch.as_str()));
+        }
+        // PostgreSQL's SUM(bigint) is numeric: cast back so both backends decode an i64.
+        let sum: SimpleExpr = Func::cast_as(
+            Func::sum(Expr::col(task_counts::Column::Total)),
+            Alias::new("bigint"),
+        )
+        .into();
+        let total: Option<Option<i64>> = task_counts::Entity::find()
+            .select_only()
+            .column_as(sum, "total")
+            .filter(condition)
+            .into_tuple()
+            .one(&self.db)
+            .await?;
+        Ok(total.flatten().unwrap_or(0).max(0).unsigned_abs())
+    }
+
+    pub async fn find_task_id_by_unique_id(
+        &self,
+        scope: Scope,
+        unique_id: &str,
+    ) -> Result<Option<String>> {
+        Ok(tasks::Entity::find()
+            .select_only()
+            .column(tasks::Column::TaskId)
+            .filter(scope_condition(scope))
+            .filter(tasks::Column::UniqueId.eq(unique_id))
+            .into_tuple()
+            .one(&self.db)
+            .await?)
+    }
+
+    /// A unique violation on a task write can only be its unique_id: name the holder.
+    async fn translate_write_error(&self, err: sea_orm::DbErr, task: &Task) -> Error {
+        let Some(unique_id) = task.unique_id.as_deref().filter(|_| is_unique_violation(&err))
+        else {
+            return err.into();
+        };
+        match self.find_task_id_by_unique_id(task.scope, unique_id).await {
+            Ok(Some(holder)) => Error::UniqueIdConflict {
+                unique_id: unique_id.to_owned(),
+                task_id: holder,
+            },
+            // The holder let go in the meantime; the caller may simply retry.
+            Ok(None) => Error::UniqueIdConflict {
+                unique_id: unique_id.to_owned(),
+                task_id: String::new(),
+            },
+            Err(lookup) => lookup,
+        }
+    }
+}
+
+fn scope_condition(scope: Scope) -> Condition {
+    Condition::all()
+        .add(tasks::Column::AccountId.eq(scope.account_id))
+        .add(tasks::Column::IsTest.eq(scope.is_test))
+}
+
+fn filter_condition(scope: Scope, filter: &TaskFilter) -> Condition {
+    let mut condition = scope_condition(scope);
+    for (column, range) in [
+        (tasks::Column::CreatedAt, filter.created),
+        (tasks::Column::CompletedAt, filter.completed),
+        (tasks::Column::UpdatedAt, filter.updated),
+    ] {
+        if let Some(from) = range.from {
+            condition = condition.add(column.gte(from.millis()));
+        }
+        if let Some(to) = range.to {
+            condition = condition.add(column.lte(to.millis()));
+        }
+    }
+    if let Some(status) = filter.status {
+        condition = condition.add(tasks::Column::Status.eq(status.as_str()));
+    }
+    if let Some(task_type) = &filter.task_type {
+        condition = condition.add(tasks::Column::TaskType.eq(task_type.as_str()));
+    }
+    if let Some(project) = &filter.project {
+        condition = condition.add(tasks::Column::Project.eq(project.as_str()));
+    }
+    if let Some(batch) = &filter.batch {
+        condition = condition.add(tasks::Column::Batch.eq(batch.as_str()));
+    }
+    if !filter.unique_ids.is_empty() {
+        condition = condition.add(tasks::Column::UniqueId.is_in(filter.unique_ids.iter().cloned()));
+    }
+    if !filter.customer_review_statuses.is_empty() {
+        condition = condition.add(
+            tasks::Column::CustomerReviewStatus
+                .is_in(filter.customer_review_statuses.iter().cloned()),
+        );
+    }
+    for tag in &filter.tags {
+        condition = condition.add(
+            tasks::Column::TaskId.in_subquery(
+                Query::select()
+                    .column(task_tags::Column::TaskId)
+                    .from(task_tags::Entity)
+                    .and_where(task_tags::Column::AccountId.eq(scope.account_id))
+                    .and_where(task_tags::Column::IsTest.eq(scope.is_test))
+                    .and_where(task_tags::Column::Tag.eq(tag.as_str()))
+                    .to_owned(),
+            ),
+        );
+    }
+    condition
+}
+
+async fn replace_tag_rows(txn: &impl ConnectionTrait, task: &Task) -> Result<()> {
+    task_tags::Entity::delete_many()
+        .filter(task_tags::Column::TaskId.eq(task.id.as_str()))
+        .exec(txn)
+        .await?;
+    let tags = task.tags.as_deref().unwrap_or_default();
+    if tags.is_empty() {
+        return Ok(());
+    }
+    let rows = tags.iter().map(|tag| task_tags::ActiveModel {
+        task_id: Set(task.id.to_string()),
+        tag: Set(tag.clone()),
+        account_id: Set(task.scope.account_id),
+        is_test: Set(task.scope.is_test),
+    });
+    task_tags::Entity::insert_many(rows)
+        .exec_without_returning(txn)
+        .await?;
+    Ok(())
+}
+
+/// The dimensions task counters are kept by (empty string: none).
+fn count_key(task: &Task) -> (String, String, String, TaskStatus) {
+    (
+        task.project.clone().unwrap_or_default(),
+        task.batch.clone().unwrap_or_default(),
+        task.task_type.clone(),
+        task.status,
+    )
+}
+
+async fn adjust_count(txn: &impl ConnectionTrait, task: &Task, delta: i64) -> Result<()> {
+    let (project, batch, task_type, status) = count_key(task);
+    let row = task_counts::ActiveModel {
+        account_id: Set(task.scope.account_id),
+        is_test: Set(task.scope.is_test),
+        project: Set(project),
+        batch: Set(batch),
+        task_type: Set(task_type),
+        status: Set(status.as_str().to_owned()),
+        total: Set(delta),
+    };
+    task_counts::Entity::insert(row)
+        .on_conflict(
+            OnConflict::columns([
+                task_counts::Column::AccountId,
+                task_counts::Column::IsTest,
+                task_counts::Column::Project,
+                task_counts::Column::Batch,
+                task_counts::Column::TaskType,
+                task_counts::Column::Status,
+            ])
+            .value(
+                task_counts::Column::Total,
+                Expr::col((task_counts::Entity, task_counts::Column::Total)).add(delta),
+            )
+            .to_owned(),
+        )
+        .exec_without_returning(txn)
+        .await?;
+    Ok(())
+}
+
+fn to_json_text<T: serde::Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|err| {
+        tracing::error!(error = %err, "serialising a task column failed");
+        Error::Internal
+    })
+}
+
+fn from_json_text<T: serde::de::DeserializeOwned>(text: &str, column: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|err| {
+        tracing::error!(error = %err, column, "stored task column is not valid JSON");
+        Error::Internal
+    })
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredAudit {
+    accepted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    comments: Option<String>,
+    created_at: i64,
+}
+
+fn to_active_model(task: &Task) -> Result<tasks::ActiveModel> {
+    let audits: Vec<StoredAudit> = task
+        .audits
+        .iter()
+        .map(|audit| StoredAudit {
+            accepted: audit.accepted,
+            comments: audit.comments.clone(),
+            created_at: audit.created_at.millis(),
+        })
+        .collect();
+    Ok(tasks::ActiveModel {
+        task_id: Set(task.id.to_string()),
+        account_id: Set(task.scope.account_id),
+        is_test: Set(task.scope.is_test),
+        task_type: Set(task.task_type.clone()),
+        status: Set(task.status.as_str().to_owned()),
+        instruction: Set(task.instruction.clone()),
+        params: Set(to_json_text(&task.params)?),
+        callback_url: Set(task.callback_url.clone()),
+        metadata: Set(to_json_text(&task.metadata)?),
+        unique_id: Set(task.unique_id.clone()),
+        tags: Set(task.tags.as_ref().map(to_json_text).transpose()?),
+        project: Set(task.project.clone()),
+        batch: Set(task.batch.clone()),
+        response: Set(task.response.as_ref().map(to_json_text).transpose()?),
+        callback_succeeded: Set(task.callback_succeeded),
+        audits: Set(to_json_text(&audits)?),
+        customer_review_status: Set(task.customer_review_status.clone()),
+        clear_unique_id_on_error: Set(task.clear_unique_id_on_error),
+        created_at: Set(task.created_at.millis()),
+        updated_at: Set(task.updated_at.millis()),
+        completed_at: Set(task.completed_at.map(Timestamp::millis)),
+    })
+}
+
+fn from_model(row: tasks::Model) -> Result<Task> {
+    let id = TaskId::parse(&row.task_id).ok_or_else(|| {
+        tracing::error!(task_id = %row.task_id, "stored task id is malformed");
+        Error::Internal
+    })?;
+    let status = TaskStatus::parse(&row.status).ok_or_else(|| {
+        tracing::error!(status = %row.status, "stored task status is unknown");
+        Error::Internal
+    })?;
+    let audits: Vec<StoredAudit> = from_json_text(&row.audits, "audits")?;
+    Ok(Task {
+        id,
+        scope: Scope {
+            account_id: row.account_id,
+            is_test: row.is_test,
+        },
+        task_type: row.task_type,
+        status,
+        instruction: row.instruction,
+        params: from_json_text::<Map<String, Value>>(&row.params, "params")?,
+        callback_url: row.callback_url,
+        metadata: from_json_text::<Map<String, Value>>(&row.metadata, "metadata")?,
+        unique_id: row.unique_id,
+        tags: row
+            .tags
+            .as_deref()
+            .map(|text| from_json_text(text, "tags"))
+            .transpose()?,
+        project: row.project,
+        batch: row.batch,
+        response: row
+            .response
+            .as_deref()
+            .map(|text| from_json_text(text, "response"))
+            .transpose()?,
+        callback_succeeded: row.callback_succeeded,
+        audits: audits
+            .into_iter()
+            .map(|audit| Audit {
+                accepted: audit.accepted,
+                comments: audit.comments,
+                created_at: Timestamp::from_millis(audit.created_at),
+            })
+            .collect(),
+        customer_review_status: row.customer_review_status,
+        clear_unique_id_on_error: row.clear_unique_id_on_error,
+        created_at: Timestamp::from_millis(row.created_at),
+        updated_at: Timestamp::from_millis(row.updated_at),
+        completed_at: row.completed_at.map(Timestamp::from_millis),
+    })
+}
