@@ -7,7 +7,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{Config, Limits};
 
 #[derive(Debug, Parser)]
-#[command(name = "annotask", version, about = "Scale-compatible annotation task service")]
+#[command(
+    name = "annotask",
+    version,
+    about = "Scale-compatible annotation task service"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -27,7 +31,11 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct DatabaseArgs {
     /// `sqlite://PATH?mode=rwc` or `postgres://USER@HOST:PORT/DB`.
-    #[arg(long, env = "ANNOTASK_DATABASE_URL", default_value = "sqlite://annotask.db?mode=rwc")]
+    #[arg(
+        long,
+        env = "ANNOTASK_DATABASE_URL",
+        default_value = "sqlite://annotask.db?mode=rwc"
+    )]
     pub database_url: String,
 }
 
@@ -41,6 +49,9 @@ pub struct ServeArgs {
     /// Largest accepted request body, in bytes (larger: 413).
     #[arg(long, env = "ANNOTASK_MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes)]
     pub max_body_bytes: usize,
+    /// How long an Idempotency-Key and its response are kept (e.g. `24h`, `90m`).
+    #[arg(long, env = "ANNOTASK_IDEMPOTENCY_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub idempotency_ttl: std::time::Duration,
     /// Largest accepted task metadata, in bytes of JSON.
     #[arg(long, env = "ANNOTASK_MAX_METADATA_BYTES", default_value_t = Limits::default().max_metadata_bytes)]
     pub max_metadata_bytes: usize,
@@ -51,6 +62,7 @@ impl ServeArgs {
         let mut config = Config::new(self.database.database_url.clone());
         config.limits.max_body_bytes = self.max_body_bytes;
         config.limits.max_metadata_bytes = self.max_metadata_bytes;
+        config.idempotency_ttl = self.idempotency_ttl;
         config
     }
 }

@@ -28,8 +28,10 @@ impl Default for Limits {
 pub struct Config {
     pub database_url: String,
     pub limits: Limits,
-    /// How long in-flight requests may run after a shutdown signal.
-    pub shutdown_grace: Duration,
+    /// How long an Idempotency-Key and its stored response are kept.
+    pub idempotency_ttl: Duration,
+    /// How often expired idempotency keys are swept.
+    pub sweep_interval: Duration,
 }
 
 impl Config {
@@ -37,7 +39,8 @@ impl Config {
         Config {
             database_url: database_url.into(),
             limits: Limits::default(),
-            shutdown_grace: Duration::from_secs(30),
+            idempotency_ttl: Duration::from_secs(24 * 60 * 60),
+            sweep_interval: Duration::from_secs(60),
         }
     }
 }

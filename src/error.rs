@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use axum::http::StatusCode;
 use tonic::Code;
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Serializable so an idempotent creation can store and replay the error it answered with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum Error {
     /// Bad input: 400 / `INVALID_ARGUMENT`.
     #[error("{0}")]

@@ -39,7 +39,11 @@ impl App {
         let store = Store::connect(&config.database_url).await?;
         store.migrate().await?;
         tracing::info!(backend = store.backend_name(), "database ready");
-        let service = Arc::new(Service::new(store, config.limits.clone()));
+        let service = Arc::new(Service::new(
+            store,
+            config.limits.clone(),
+            config.idempotency_ttl,
+        ));
         Ok(App { service, config })
     }
 
@@ -110,10 +114,32 @@ impl App {
     ) -> Result<(), BoxError> {
         let router = self.router().await?;
         let addr = listener.local_addr()?;
+        let sweeper = tokio::spawn(sweep_idempotency_keys(
+            self.service.clone(),
+            self.config.sweep_interval,
+        ));
         tracing::info!(%addr, "serving gRPC, grpc-web and REST");
-        axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        sweeper.abort();
+        served?;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Deletes expired idempotency keys now and then, so the table does not grow without end.
+async fn sweep_idempotency_keys(service: Arc<Service>, every: std::time::Duration) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        match service.sweep_expired_idempotency_keys().await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "expired idempotency keys swept"),
+            Err(err) => tracing::warn!(error = %err, "idempotency key sweep failed"),
+        }
     }
 }
 
@@ -178,9 +204,9 @@ pub async fn run_cli(cli: Cli) -> Result<(), BoxError> {
                 println!("{key}");
             }
             telemetry::prometheus();
-            let listener = TcpListener::bind(listen)
-                .await
-                .map_err(|err| io::Error::new(err.kind(), format!("cannot listen on {listen}: {err}")))?;
+            let listener = TcpListener::bind(listen).await.map_err(|err| {
+                io::Error::new(err.kind(), format!("cannot listen on {listen}: {err}"))
+            })?;
             app.serve(listener, shutdown_signal()).await
         }
         Command::Migrate(args) => {

@@ -84,7 +84,12 @@ impl MigrationTrait for Migration {
                             .auto_increment()
                             .primary_key(),
                     )
-                    .col(ColumnDef::new(Accounts::Name).string().not_null().unique_key())
+                    .col(
+                        ColumnDef::new(Accounts::Name)
+                            .string()
+                            .not_null()
+                            .unique_key(),
+                    )
                     .col(ColumnDef::new(Accounts::CreatedAt).big_integer().not_null())
                     .to_owned(),
             )
@@ -102,7 +107,12 @@ impl MigrationTrait for Migration {
                             .primary_key(),
                     )
                     .col(ColumnDef::new(ApiKeys::AccountId).big_integer().not_null())
-                    .col(ColumnDef::new(ApiKeys::KeyHash).string().not_null().unique_key())
+                    .col(
+                        ColumnDef::new(ApiKeys::KeyHash)
+                            .string()
+                            .not_null()
+                            .unique_key(),
+                    )
                     .col(ColumnDef::new(ApiKeys::IsTest).boolean().not_null())
                     .col(ColumnDef::new(ApiKeys::CreatedAt).big_integer().not_null())
                     .foreign_key(
@@ -119,7 +129,12 @@ impl MigrationTrait for Migration {
             .create_table(
                 Table::create()
                     .table(Tasks::Table)
-                    .col(ColumnDef::new(Tasks::TaskId).string_len(24).not_null().primary_key())
+                    .col(
+                        ColumnDef::new(Tasks::TaskId)
+                            .string_len(24)
+                            .not_null()
+                            .primary_key(),
+                    )
                     .col(ColumnDef::new(Tasks::AccountId).big_integer().not_null())
                     .col(ColumnDef::new(Tasks::IsTest).boolean().not_null())
                     .col(ColumnDef::new(Tasks::TaskType).string().not_null())
@@ -136,7 +151,11 @@ impl MigrationTrait for Migration {
                     .col(ColumnDef::new(Tasks::CallbackSucceeded).boolean())
                     .col(ColumnDef::new(Tasks::Audits).text().not_null())
                     .col(ColumnDef::new(Tasks::CustomerReviewStatus).string())
-                    .col(ColumnDef::new(Tasks::ClearUniqueIdOnError).boolean().not_null())
+                    .col(
+                        ColumnDef::new(Tasks::ClearUniqueIdOnError)
+                            .boolean()
+                            .not_null(),
+                    )
                     .col(ColumnDef::new(Tasks::CreatedAt).big_integer().not_null())
                     .col(ColumnDef::new(Tasks::UpdatedAt).big_integer().not_null())
                     .col(ColumnDef::new(Tasks::CompletedAt).big_integer())
@@ -223,7 +242,11 @@ impl MigrationTrait for Migration {
             .create_table(
                 Table::create()
                     .table(TaskCounts::Table)
-                    .col(ColumnDef::new(TaskCounts::AccountId).big_integer().not_null())
+                    .col(
+                        ColumnDef::new(TaskCounts::AccountId)
+                            .big_integer()
+                            .not_null(),
+                    )
                     .col(ColumnDef::new(TaskCounts::IsTest).boolean().not_null())
                     .col(ColumnDef::new(TaskCounts::Project).string().not_null())
                     .col(ColumnDef::new(TaskCounts::Batch).string().not_null())

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
-use tonic::{Request, Response, Status};
+use tonic::{metadata::MetadataValue, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use super::convert;
@@ -57,7 +57,9 @@ fn time_range(
         from: from
             .map(|at| convert::from_timestamp(from_name, at))
             .transpose()?,
-        to: to.map(|at| convert::from_timestamp(to_name, at)).transpose()?,
+        to: to
+            .map(|at| convert::from_timestamp(to_name, at))
+            .transpose()?,
     })
 }
 
@@ -66,12 +68,13 @@ fn non_empty(text: String) -> Option<String> {
 }
 
 fn list_query(request: proto::ListTasksRequest) -> Result<ListQuery, Error> {
-    let after = match non_empty(request.next_token) {
-        Some(token) => Some(PageToken::decode(&token).ok_or_else(|| {
-            Error::invalid("Parameter 'next_token' is not a valid page token.")
-        })?),
-        None => None,
-    };
+    let after =
+        match non_empty(request.next_token) {
+            Some(token) => Some(PageToken::decode(&token).ok_or_else(|| {
+                Error::invalid("Parameter 'next_token' is not a valid page token.")
+            })?),
+            None => None,
+        };
     Ok(ListQuery {
         filter: TaskFilter {
             created: time_range(
@@ -108,7 +111,10 @@ fn list_query(request: proto::ListTasksRequest) -> Result<ListQuery, Error> {
 
 /// The gRPC request rebuilt into the REST body's shape, so one code path validates both.
 fn creation_fields(request: proto::CreateTaskRequest) -> Map<String, Value> {
-    let mut fields = request.params.map(convert::struct_to_json).unwrap_or_default();
+    let mut fields = request
+        .params
+        .map(convert::struct_to_json)
+        .unwrap_or_default();
     let mut set = |name: &str, value: Option<Value>| {
         if let Some(value) = value {
             fields.insert(name.to_owned(), value);
@@ -132,7 +138,9 @@ fn creation_fields(request: proto::CreateTaskRequest) -> Map<String, Value> {
     set("batch", request.batch.map(Value::String));
     set(
         "clear_unique_id_on_error",
-        request.clear_unique_id_on_error.then_some(Value::Bool(true)),
+        request
+            .clear_unique_id_on_error
+            .then_some(Value::Bool(true)),
     );
     fields
 }
@@ -141,13 +149,46 @@ fn creation_fields(request: proto::CreateTaskRequest) -> Map<String, Value> {
 impl TaskService for GrpcTasks {
     async fn create_task(&self, request: Request<proto::CreateTaskRequest>) -> TaskResult {
         let scope = self.caller(&request).await?;
+        let idempotency_key = match request.metadata().get("idempotency-key") {
+            Some(value) => Some(
+                value
+                    .to_str()
+                    .map_err(|_| {
+                        Error::invalid("The idempotency-key metadata must be printable ASCII.")
+                    })?
+                    .to_owned(),
+            ),
+            None => None,
+        };
         let request = request.into_inner();
         let task_type = request.r#type.clone();
-        reply(
-            self.service
-                .create_task(scope, &task_type, creation_fields(request))
-                .await,
-        )
+        let created = self
+            .service
+            .create_task(
+                scope,
+                idempotency_key.as_deref(),
+                &task_type,
+                creation_fields(request),
+            )
+            .await?;
+        let replayed = created.replayed;
+        let mark = |metadata: &mut tonic::metadata::MetadataMap| {
+            if replayed {
+                metadata.insert("idempotent-replayed", MetadataValue::from_static("true"));
+            }
+        };
+        match created.outcome {
+            Ok(task) => {
+                let mut response = Response::new(convert::task(task));
+                mark(response.metadata_mut());
+                Ok(response)
+            }
+            Err(err) => {
+                let mut status = Status::from(err);
+                mark(status.metadata_mut());
+                Err(status)
+            }
+        }
     }
 
     async fn get_task(&self, request: Request<proto::GetTaskRequest>) -> TaskResult {

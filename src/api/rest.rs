@@ -14,12 +14,15 @@ use serde_json::{json, Map, Value};
 
 use super::rest_json;
 use crate::{
-    domain::{parse_bool, ListQuery, PageToken, Scope, TaskStatus, Timestamp, TimeRange},
+    domain::{parse_bool, ListQuery, PageToken, Scope, TaskStatus, TimeRange, Timestamp},
     error::{Error, Result},
     service::{tags_from_json, Service},
 };
 
 type AppState = Arc<Service>;
+
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 
 /// Routes relative to `/v1`.
 pub fn router(service: AppState) -> Router {
@@ -34,7 +37,9 @@ pub fn router(service: AppState) -> Router {
         )
         .route(
             "/task/{task_id}/tags",
-            post(set_task_tags).put(add_task_tags).delete(delete_task_tags),
+            post(set_task_tags)
+                .put(add_task_tags)
+                .delete(delete_task_tags),
         )
         .route("/task/{task_id}/audit", post(audit_task))
         .method_not_allowed_fallback(method_not_allowed)
@@ -61,7 +66,8 @@ pub async fn not_found() -> Error {
 
 async fn method_not_allowed() -> Response {
     let status = StatusCode::METHOD_NOT_ALLOWED;
-    let body = json!({"status_code": status.as_u16(), "error": "Method not allowed on this endpoint."});
+    let body =
+        json!({"status_code": status.as_u16(), "error": "Method not allowed on this endpoint."});
     (status, Json(body)).into_response()
 }
 
@@ -97,11 +103,30 @@ async fn create_task(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
+    let idempotency_key =
+        match headers.get(IDEMPOTENCY_KEY) {
+            Some(value) => Some(value.to_str().map_err(|_| {
+                Error::invalid("The Idempotency-Key header must be printable ASCII.")
+            })?),
+            None => None,
+        };
     let fields = match read_body(&headers, body, Value::Object(Map::new()), true)? {
         Value::Object(fields) => fields,
         _ => return Err(Error::invalid("The request body must be a JSON object.")),
     };
-    task_response(service.create_task(scope, &task_type, fields).await)
+    let created = service
+        .create_task(scope, idempotency_key, &task_type, fields)
+        .await?;
+    let mut response = match created.outcome {
+        Ok(task) => ok(rest_json::task(&task)),
+        Err(err) => err.into_response(),
+    };
+    if created.replayed {
+        response
+            .headers_mut()
+            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
+    Ok(response)
 }
 
 async fn get_task(
@@ -434,7 +459,8 @@ mod tests {
 
     #[test]
     fn forms_become_json_with_lists_and_nested_objects() {
-        let form = b"instruction=hi&tags=a&tags=b&geometries=%7B%22box%22%3A%7B%7D%7D&attachments[]=x";
+        let form =
+            b"instruction=hi&tags=a&tags=b&geometries=%7B%22box%22%3A%7B%7D%7D&attachments[]=x";
         let fields = form_to_json(form);
         assert_eq!(fields["instruction"], "hi");
         assert_eq!(fields["tags"], json!(["a", "b"]));

@@ -2,8 +2,8 @@
 
 use base64::{
     alphabet,
-    engine::{GeneralPurpose, GeneralPurposeConfig},
     engine::{general_purpose::URL_SAFE_NO_PAD, DecodePaddingMode},
+    engine::{GeneralPurpose, GeneralPurposeConfig},
     Engine,
 };
 use serde::{Deserialize, Serialize};

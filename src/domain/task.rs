@@ -1,17 +1,19 @@
 //! The task and its status.
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{task_id::TaskId, time::Timestamp};
 
 /// Whose data a request sees: one account, and within it the live or the test world.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Scope {
     pub account_id: i64,
     pub is_test: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum TaskStatus {
     Pending,
     Completed,
@@ -43,14 +45,15 @@ impl TaskStatus {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Audit {
     pub accepted: bool,
     pub comments: Option<String>,
     pub created_at: Timestamp,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// Serializable so an idempotent creation can store the exact task it answered with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Task {
     pub id: TaskId,
     pub scope: Scope,

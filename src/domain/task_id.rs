@@ -3,11 +3,27 @@
 use std::fmt;
 
 use rand::RngCore;
+use serde::{Deserialize, Serialize};
 
 use super::time::Timestamp;
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct TaskId(String);
+
+impl TryFrom<String> for TaskId {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        TaskId::parse(&text).ok_or_else(|| format!("malformed task id {text:?}"))
+    }
+}
+
+impl From<TaskId> for String {
+    fn from(id: TaskId) -> Self {
+        id.0
+    }
+}
 
 impl TaskId {
     pub fn generate(created_at: Timestamp) -> Self {

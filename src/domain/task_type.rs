@@ -37,14 +37,22 @@ static RULES: &[Rules] = &[
     rule("datacollection", &[ATTACHMENT], true),
     rule("documentmodel", &[ATTACHMENT], false),
     rule("documenttranscription", &[ATTACHMENT], false),
-    rule("imageannotation", &[ATTACHMENT, Object("geometries")], false),
+    rule(
+        "imageannotation",
+        &[ATTACHMENT, Object("geometries")],
+        false,
+    ),
     rule("laneannotation", &[ATTACHMENT], false),
     rule("lidarannotation", &[ATTACHMENTS], false),
     rule("lidarlinking", &[ATTACHMENTS], false),
     rule("lidarsegmentation", &[ATTACHMENTS], false),
     rule("lidartopdown", &[ATTACHMENTS], false),
     rule("lineannotation", &[ATTACHMENT], false),
-    rule("namedentityrecognition", &[Text("text"), List("labels")], true),
+    rule(
+        "namedentityrecognition",
+        &[Text("text"), List("labels")],
+        true,
+    ),
     rule("pointannotation", &[ATTACHMENT], false),
     rule("polygonannotation", &[ATTACHMENT], false),
     rule("segmentannotation", &[ATTACHMENT], false),
@@ -212,8 +220,12 @@ mod tests {
     #[test]
     fn video_accepts_either_attachment_form() {
         let video = TaskType::parse("videoannotation").unwrap();
-        assert!(video.check_params(&params(json!({"attachments": ["a"]}))).is_ok());
-        assert!(video.check_params(&params(json!({"attachment": "a"}))).is_ok());
+        assert!(video
+            .check_params(&params(json!({"attachments": ["a"]})))
+            .is_ok());
+        assert!(video
+            .check_params(&params(json!({"attachment": "a"})))
+            .is_ok());
         assert!(video.check_params(&params(json!({}))).is_err());
     }
 }

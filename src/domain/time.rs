@@ -1,10 +1,12 @@
 //! Millisecond timestamps: what is stored, what is shown, and what list filters accept.
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
 
 /// A point in time at millisecond precision, exactly as stored and as shown on the wire,
 /// so that a page position compares equal to the row it came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct Timestamp(i64);
 
 impl Timestamp {
@@ -103,7 +105,13 @@ mod tests {
 
     #[test]
     fn garbage_times_are_rejected() {
-        for bad in ["", "yesterday", "2021-13-01", "2021-04-25T25:00:00", "1619320455"] {
+        for bad in [
+            "",
+            "yesterday",
+            "2021-13-01",
+            "2021-04-25T25:00:00",
+            "1619320455",
+        ] {
             assert!(Timestamp::parse_filter(bad).is_none(), "{bad} parsed");
         }
     }
@@ -111,6 +119,9 @@ mod tests {
     #[test]
     fn protobuf_parts_round_trip() {
         let at = Timestamp::from_millis(1_624_439_374_752);
-        assert_eq!(Timestamp::from_parts(at.seconds(), at.subsec_nanos()), Some(at));
+        assert_eq!(
+            Timestamp::from_parts(at.seconds(), at.subsec_nanos()),
+            Some(at)
+        );
     }
 }

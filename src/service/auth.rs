@@ -36,7 +36,9 @@ pub fn credential_from_authorization(value: &str) -> Option<String> {
     }
     if scheme.eq_ignore_ascii_case("basic") {
         let decoded = String::from_utf8(STANDARD.decode(rest).ok()?).ok()?;
-        let user = decoded.split_once(':').map_or(decoded.as_str(), |(user, _)| user);
+        let user = decoded
+            .split_once(':')
+            .map_or(decoded.as_str(), |(user, _)| user);
         return (!user.is_empty()).then(|| user.to_owned());
     }
     None
@@ -95,9 +97,15 @@ mod tests {
     #[test]
     fn basic_auth_takes_the_user_name_as_the_key() {
         let header = format!("Basic {}", STANDARD.encode("live_abc:"));
-        assert_eq!(credential_from_authorization(&header).as_deref(), Some("live_abc"));
+        assert_eq!(
+            credential_from_authorization(&header).as_deref(),
+            Some("live_abc")
+        );
         let no_colon = format!("Basic {}", STANDARD.encode("live_abc"));
-        assert_eq!(credential_from_authorization(&no_colon).as_deref(), Some("live_abc"));
+        assert_eq!(
+            credential_from_authorization(&no_colon).as_deref(),
+            Some("live_abc")
+        );
     }
 
     #[test]

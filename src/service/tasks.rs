@@ -26,9 +26,9 @@ pub struct TaskPage {
 }
 
 impl Service {
-    /// Creates a task of `task_type` from its creation fields (the REST body, or the gRPC
-    /// request rebuilt into the same shape). Fields that are not common to every type become `params`.
-    pub async fn create_task(
+    /// Validates a creation request (the REST body, or the gRPC request rebuilt into the same
+    /// shape) into a new pending task. Fields that are not common to every type become `params`.
+    pub(super) fn prepare_task(
         &self,
         scope: Scope,
         task_type: &str,
@@ -80,7 +80,9 @@ impl Service {
                 task_type.name()
             )));
         }
-        task_type.check_params(&fields).map_err(Error::InvalidArgument)?;
+        task_type
+            .check_params(&fields)
+            .map_err(Error::InvalidArgument)?;
 
         let now = Timestamp::now();
         let task = Task {
@@ -105,8 +107,6 @@ impl Service {
             updated_at: now,
             completed_at: None,
         };
-        self.store.insert_task(&task).await?;
-        tracing::info!(task_id = %task.id, task_type = task_type.name(), "task created");
         Ok(task)
     }
 
@@ -323,7 +323,9 @@ impl Service {
 
     fn check_metadata(&self, value: Value) -> Result<Map<String, Value>> {
         let Value::Object(metadata) = value else {
-            return Err(Error::invalid("Parameter 'metadata' must be a JSON object."));
+            return Err(Error::invalid(
+                "Parameter 'metadata' must be a JSON object.",
+            ));
         };
         let size = serde_json::to_string(&metadata).map_or(usize::MAX, |text| text.len());
         if size > self.limits.max_metadata_bytes {
@@ -399,7 +401,9 @@ fn take_string(fields: &mut Map<String, Value>, name: &str) -> Result<Option<Str
     match fields.remove(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(text)) => Ok(Some(text)),
-        Some(_) => Err(Error::invalid(format!("Parameter '{name}' must be a string."))),
+        Some(_) => Err(Error::invalid(format!(
+            "Parameter '{name}' must be a string."
+        ))),
     }
 }
 

@@ -120,3 +120,26 @@ pub mod task_counts {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub mod idempotency_keys {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "idempotency_keys")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub idempotency_key: String,
+        pub account_id: i64,
+        pub is_test: bool,
+        pub fingerprint: String,
+        /// JSON of the stored `Result<Task, Error>`.
+        pub outcome: String,
+        pub created_at: i64,
+        pub expires_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

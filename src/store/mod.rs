@@ -2,7 +2,10 @@
 
 mod accounts;
 pub mod entities;
+mod idempotency;
 mod tasks;
+
+pub use idempotency::{IdempotencyClaim, StoredOutcome};
 
 use std::time::Duration;
 

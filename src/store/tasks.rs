@@ -3,8 +3,8 @@
 use sea_orm::{
     sea_query::{Alias, Expr, Func, OnConflict, Query, SimpleExpr},
     ActiveValue::Set,
-    ColumnTrait, Condition, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, TransactionTrait,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
 use serde_json::{Map, Value};
 
@@ -21,15 +21,7 @@ impl Store {
     /// Inserts a new task with its tags and counter in one transaction.
     pub async fn insert_task(&self, task: &Task) -> Result<()> {
         let txn = self.db.begin().await?;
-        let inserted = tasks::Entity::insert(to_active_model(task)?)
-            .exec_without_returning(&txn)
-            .await;
-        if let Err(err) = inserted {
-            drop(txn);
-            return Err(self.translate_write_error(err, task).await);
-        }
-        replace_tag_rows(&txn, task).await?;
-        adjust_count(&txn, task, 1).await?;
+        insert_task_in(&txn, task).await?;
         txn.commit().await?;
         Ok(())
     }
@@ -67,8 +59,9 @@ impl Store {
             .exec(&txn)
             .await;
         if let Err(err) = updated {
+            // PostgreSQL refuses further statements in a failed transaction: look up outside it.
             drop(txn);
-            return Err(self.translate_write_error(err, &task).await);
+            return Err(translate_write_error(&self.db, err, &task).await);
         }
         if task.tags != before.tags {
             replace_tag_rows(&txn, &task).await?;
@@ -151,40 +144,60 @@ impl Store {
             .await?;
         Ok(total.flatten().unwrap_or(0).max(0).unsigned_abs())
     }
+}
 
-    pub async fn find_task_id_by_unique_id(
-        &self,
-        scope: Scope,
-        unique_id: &str,
-    ) -> Result<Option<String>> {
-        Ok(tasks::Entity::find()
-            .select_only()
-            .column(tasks::Column::TaskId)
-            .filter(scope_condition(scope))
-            .filter(tasks::Column::UniqueId.eq(unique_id))
-            .into_tuple()
-            .one(&self.db)
-            .await?)
+/// Inserts the task, its tag rows and its counter inside `txn`, under a savepoint so that a
+/// unique_id conflict leaves `txn` usable (the idempotency record still has to be written).
+pub(super) async fn insert_task_in(txn: &DatabaseTransaction, task: &Task) -> Result<()> {
+    let savepoint = txn.begin().await?;
+    let inserted = tasks::Entity::insert(to_active_model(task)?)
+        .exec_without_returning(&savepoint)
+        .await;
+    if let Err(err) = inserted {
+        savepoint.rollback().await?;
+        return Err(translate_write_error(txn, err, task).await);
     }
+    replace_tag_rows(&savepoint, task).await?;
+    adjust_count(&savepoint, task, 1).await?;
+    savepoint.commit().await?;
+    Ok(())
+}
 
-    /// A unique violation on a task write can only be its unique_id: name the holder.
-    async fn translate_write_error(&self, err: sea_orm::DbErr, task: &Task) -> Error {
-        let Some(unique_id) = task.unique_id.as_deref().filter(|_| is_unique_violation(&err))
-        else {
-            return err.into();
-        };
-        match self.find_task_id_by_unique_id(task.scope, unique_id).await {
-            Ok(Some(holder)) => Error::UniqueIdConflict {
-                unique_id: unique_id.to_owned(),
-                task_id: holder,
-            },
-            // The holder let go in the meantime; the caller may simply retry.
-            Ok(None) => Error::UniqueIdConflict {
-                unique_id: unique_id.to_owned(),
-                task_id: String::new(),
-            },
-            Err(lookup) => lookup,
-        }
+async fn find_task_id_by_unique_id(
+    db: &impl ConnectionTrait,
+    scope: Scope,
+    unique_id: &str,
+) -> Result<Option<String>> {
+    Ok(tasks::Entity::find()
+        .select_only()
+        .column(tasks::Column::TaskId)
+        .filter(scope_condition(scope))
+        .filter(tasks::Column::UniqueId.eq(unique_id))
+        .into_tuple()
+        .one(db)
+        .await?)
+}
+
+/// A unique violation on a task write can only be its unique_id: name the holder.
+async fn translate_write_error(
+    db: &impl ConnectionTrait,
+    err: sea_orm::DbErr,
+    task: &Task,
+) -> Error {
+    let Some(unique_id) = task
+        .unique_id
+        .as_deref()
+        .filter(|_| is_unique_violation(&err))
+    else {
+        return err.into();
+    };
+    match find_task_id_by_unique_id(db, task.scope, unique_id).await {
+        Ok(holder) => Error::UniqueIdConflict {
+            unique_id: unique_id.to_owned(),
+            // Empty only if the holder let go in the meantime; a retry will then succeed.
+            task_id: holder.unwrap_or_default(),
+        },
+        Err(lookup) => lookup,
     }
 }
 

@@ -1,0 +1,201 @@
+//! Idempotency-Key rules (SPEC §7), shared by REST, gRPC and grpc-web.
+
+use std::{
+    collections::HashSet,
+    sync::{Mutex, PoisonError},
+};
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::Service;
+use crate::{
+    domain::{Scope, Task, Timestamp},
+    error::{Error, Result},
+    store::{IdempotencyClaim, StoredOutcome},
+};
+
+/// How many expired keys one sweep statement deletes, so a sweep never holds long locks.
+const SWEEP_BATCH: u64 = 1000;
+
+/// The answer to a creation request, and whether it is a replay of an earlier one.
+pub struct Created {
+    pub outcome: Result<Task>,
+    pub replayed: bool,
+}
+
+/// Keys whose first request is running in this process.
+#[derive(Default)]
+pub(super) struct InFlightKeys(Mutex<HashSet<String>>);
+
+/// Releases its key when dropped: on completion, on error, and when the client goes away.
+struct InFlightGuard<'a> {
+    keys: &'a InFlightKeys,
+    key: String,
+}
+
+impl InFlightKeys {
+    fn claim(&self, key: &str) -> Result<InFlightGuard<'_>> {
+        let mut keys = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if !keys.insert(key.to_owned()) {
+            return Err(Error::IdempotencyInFlight);
+        }
+        Ok(InFlightGuard {
+            keys: self,
+            key: key.to_owned(),
+        })
+    }
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        self.keys
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.key);
+    }
+}
+
+impl Service {
+    /// Creates a task; with an `Idempotency-Key`, a repeat of the same request replays the
+    /// first outcome (errors included) instead of creating anything.
+    pub async fn create_task(
+        &self,
+        scope: Scope,
+        idempotency_key: Option<&str>,
+        task_type: &str,
+        fields: Map<String, Value>,
+    ) -> Result<Created> {
+        let Some(key) = idempotency_key else {
+            let task = self.prepare_task(scope, task_type, fields)?;
+            self.store.insert_task(&task).await?;
+            log_created(&task);
+            return Ok(Created {
+                outcome: Ok(task),
+                replayed: false,
+            });
+        };
+        if key.is_empty() || key.chars().count() > self.limits.max_unique_id_chars {
+            return Err(Error::invalid(format!(
+                "The Idempotency-Key header must be 1 to {} characters.",
+                self.limits.max_unique_id_chars
+            )));
+        }
+        let fingerprint = fingerprint(task_type, &fields);
+        let _in_flight = self.in_flight.claim(key)?;
+        let now = Timestamp::now();
+        let claim = IdempotencyClaim {
+            key,
+            scope,
+            fingerprint,
+            now,
+            expires_at: Timestamp::from_millis(now.millis().saturating_add(
+                i64::try_from(self.idempotency_ttl.as_millis()).unwrap_or(i64::MAX),
+            )),
+        };
+        let prepared = self.prepare_task(scope, task_type, fields);
+        let StoredOutcome { outcome, replayed } = self
+            .store
+            .create_task_idempotently(&claim, prepared)
+            .await?;
+        if let (Ok(task), false) = (&outcome, replayed) {
+            log_created(task);
+        }
+        Ok(Created { outcome, replayed })
+    }
+
+    /// Deletes every expired idempotency key, a bounded batch per statement.
+    pub async fn sweep_expired_idempotency_keys(&self) -> Result<u64> {
+        let now = Timestamp::now();
+        let mut total = 0;
+        loop {
+            let deleted = self
+                .store
+                .delete_expired_idempotency_keys(now, SWEEP_BATCH)
+                .await?;
+            total += deleted;
+            if deleted < SWEEP_BATCH {
+                return Ok(total);
+            }
+        }
+    }
+}
+
+fn log_created(task: &Task) {
+    tracing::info!(task_id = %task.id, task_type = %task.task_type, "task created");
+}
+
+/// SHA-256 of the request's method, path and body with keys sorted, so key order and
+/// whitespace do not matter and REST, form and gRPC forms of one request agree.
+fn fingerprint(task_type: &str, fields: &Map<String, Value>) -> String {
+    let canonical = Value::Array(vec![
+        Value::String("POST".to_owned()),
+        Value::String(format!("/v1/task/{task_type}")),
+        canonical(&Value::Object(fields.clone())),
+    ]);
+    hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+}
+
+fn canonical(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(key, value)| (key.clone(), canonical(value)))
+                    .collect(),
+            )
+        }
+        Value::Array(items) => Value::Array(items.iter().map(canonical).collect()),
+        other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fields(value: Value) -> Map<String, Value> {
+        value.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn fingerprints_ignore_key_order_but_not_values_or_type() {
+        let a = fingerprint(
+            "imageannotation",
+            &fields(json!({"a": 1, "b": {"x": 1, "y": 2}})),
+        );
+        let b = fingerprint(
+            "imageannotation",
+            &fields(json!({"b": {"y": 2, "x": 1}, "a": 1})),
+        );
+        assert_eq!(a, b);
+        assert_ne!(
+            a,
+            fingerprint(
+                "imageannotation",
+                &fields(json!({"a": 2, "b": {"x": 1, "y": 2}}))
+            )
+        );
+        assert_ne!(
+            a,
+            fingerprint(
+                "categorization",
+                &fields(json!({"a": 1, "b": {"x": 1, "y": 2}}))
+            )
+        );
+    }
+
+    #[test]
+    fn a_key_cannot_be_claimed_twice_until_released() {
+        let keys = InFlightKeys::default();
+        let first = keys.claim("k").unwrap();
+        assert_eq!(keys.claim("k").err(), Some(Error::IdempotencyInFlight));
+        drop(first);
+        assert!(keys.claim("k").is_ok());
+    }
+}
