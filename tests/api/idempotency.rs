@@ -1,0 +1,380 @@
+//! SPEC §7: Idempotency-Key on task creation, over REST and gRPC, on every backend.
+
+use std::time::Duration;
+
+use annotask::proto::{CreateTaskRequest, ListTasksRequest};
+use futures::future::join_all;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::{
+    backend_tests,
+    helpers::{grpc_request_as, Backend, TestApp},
+    process::ServerProcess,
+};
+
+fn image_body(attachment: &str) -> Value {
+    json!({
+        "attachment": attachment,
+        "geometries": {"box": {"objects_to_annotate": ["car"]}},
+        "metadata": {"batch": 7},
+    })
+}
+
+/// Sends a creation with an Idempotency-Key; returns status, replay header and raw body.
+async fn create_with_key(
+    app: &TestApp,
+    api_key: &str,
+    key: &str,
+    body: &Value,
+) -> (StatusCode, Option<String>, String) {
+    let response = app
+        .request_as(api_key, Method::POST, "/v1/task/imageannotation")
+        .header("Idempotency-Key", key)
+        .json(body)
+        .send()
+        .await
+        .expect("request sent");
+    let status = response.status();
+    let replayed = response
+        .headers()
+        .get("idempotent-replayed")
+        .map(|value| value.to_str().unwrap_or_default().to_owned());
+    (status, replayed, response.text().await.expect("body"))
+}
+
+async fn total_tasks(app: &TestApp) -> u64 {
+    let (status, page) = app.get("/v1/tasks?limit=1").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    page["total"].as_u64().expect("total")
+}
+
+async fn a_replay_returns_the_stored_response_byte_for_byte_and_creates_nothing(app: TestApp) {
+    let body = image_body("https://example.com/1.png");
+    let (status, replayed, first) = create_with_key(&app, &app.api_key, "key-1", &body).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(replayed, None);
+    let (status, replayed, second) = create_with_key(&app, &app.api_key, "key-1", &body).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(replayed.as_deref(), Some("true"));
+    assert_eq!(first, second);
+    assert_eq!(total_tasks(&app).await, 1);
+}
+
+async fn key_order_and_whitespace_do_not_change_the_fingerprint(app: TestApp) {
+    let compact =
+        r#"{"attachment":"https://e.com/a.png","geometries":{"box":{}},"metadata":{"a":1,"b":2}}"#;
+    let spaced = r#"{ "metadata": {"b": 2, "a": 1},
+        "geometries": {"box": {}}, "attachment": "https://e.com/a.png" }"#;
+    let mut ids = Vec::new();
+    for raw in [compact, spaced] {
+        let (status, body) = app
+            .send(
+                app.request(Method::POST, "/v1/task/imageannotation")
+                    .header("Idempotency-Key", "same-request")
+                    .header("content-type", "application/json")
+                    .body(raw),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        ids.push(body["task_id"].clone());
+    }
+    assert_eq!(ids[0], ids[1]);
+    assert_eq!(total_tasks(&app).await, 1);
+}
+
+async fn the_same_key_with_other_parameters_is_a_conflict(app: TestApp) {
+    let (status, _, _) =
+        create_with_key(&app, &app.api_key, "k", &image_body("https://e.com/1.png")).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, replayed, body) =
+        create_with_key(&app, &app.api_key, "k", &image_body("https://e.com/2.png")).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(replayed, None);
+    let body: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(body["status_code"], 409);
+    assert!(body["error"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("Idempotency-Key"));
+    assert_eq!(total_tasks(&app).await, 1);
+}
+
+async fn a_key_used_by_one_account_is_refused_to_another_and_to_the_test_world(app: TestApp) {
+    let body = image_body("https://e.com/1.png");
+    let (status, _, _) = create_with_key(&app, &app.api_key, "shared-key", &body).await;
+    assert_eq!(status, StatusCode::OK);
+    let other_account = app.new_account_key(false).await;
+    let (status, _, text) = create_with_key(&app, &other_account, "shared-key", &body).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{text}");
+
+    let live = app.key_for_same_account("two-worlds", false).await;
+    let test = app.key_for_same_account("two-worlds", true).await;
+    let (status, _, _) = create_with_key(&app, &live, "world-key", &body).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, text) = create_with_key(&app, &test, "world-key", &body).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{text}");
+}
+
+async fn errors_are_stored_and_replayed_even_when_the_cause_is_gone(app: TestApp) {
+    // A validation error is an answer too.
+    let invalid = json!({"geometries": {"box": {}}});
+    let (status, _, first) = create_with_key(&app, &app.api_key, "bad", &invalid).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, replayed, second) = create_with_key(&app, &app.api_key, "bad", &invalid).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(replayed.as_deref(), Some("true"));
+    assert_eq!(first, second);
+
+    // A unique_id conflict stays a conflict after the holder lets go of the unique_id.
+    let (status, holder) = app.create_image_task(json!({"unique_id": "taken"})).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut clashing = image_body("https://e.com/x.png");
+    clashing["unique_id"] = json!("taken");
+    let (status, _, first) = create_with_key(&app, &app.api_key, "clash", &clashing).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{first}");
+    let holder_id = holder["task_id"].as_str().expect("id");
+    let (status, _) = app
+        .send(app.request(Method::DELETE, &format!("/v1/task/{holder_id}/unique_id")))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, replayed, second) = create_with_key(&app, &app.api_key, "clash", &clashing).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(replayed.as_deref(), Some("true"));
+    assert_eq!(first, second);
+    assert_eq!(total_tasks(&app).await, 1);
+}
+
+async fn empty_or_oversized_keys_are_rejected(app: TestApp) {
+    let body = image_body("https://e.com/1.png");
+    for key in [String::new(), "k".repeat(256)] {
+        let (status, _, text) = create_with_key(&app, &app.api_key, &key, &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+        assert!(text.contains("Idempotency-Key"), "{text}");
+    }
+    let (status, _, _) = create_with_key(&app, &app.api_key, &"k".repeat(255), &body).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let mut client = app.grpc().await;
+    let mut request = app.grpc_request(grpc_image_request("https://e.com/1.png"));
+    request
+        .metadata_mut()
+        .insert("idempotency-key", "k".repeat(256).parse().expect("ascii"));
+    let status = client.create_task(request).await.expect_err("rejected");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+}
+
+fn grpc_image_request(attachment: &str) -> CreateTaskRequest {
+    let params = json!({
+        "attachment": attachment,
+        "geometries": {"box": {"objects_to_annotate": ["car"]}},
+    });
+    CreateTaskRequest {
+        r#type: "imageannotation".to_owned(),
+        params: Some(annotask::api::convert::json_to_struct(
+            params.as_object().expect("object"),
+        )),
+        metadata: Some(annotask::api::convert::json_to_struct(
+            json!({"batch": 7}).as_object().expect("object"),
+        )),
+        ..Default::default()
+    }
+}
+
+async fn a_key_first_used_over_rest_replays_over_grpc_and_back(app: TestApp) {
+    let (status, _, rest_body) = create_with_key(
+        &app,
+        &app.api_key,
+        "cross",
+        &image_body("https://e.com/1.png"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{rest_body}");
+    let rest_task: Value = serde_json::from_str(&rest_body).expect("json");
+
+    let mut client = app.grpc().await;
+    let mut request = grpc_request_as(&app.api_key, grpc_image_request("https://e.com/1.png"));
+    request
+        .metadata_mut()
+        .insert("idempotency-key", "cross".parse().expect("ascii"));
+    let response = client.create_task(request).await.expect("replayed");
+    assert_eq!(
+        response
+            .metadata()
+            .get("idempotent-replayed")
+            .map(|v| v.to_str().unwrap_or_default()),
+        Some("true")
+    );
+    assert_eq!(
+        response.get_ref().task_id,
+        rest_task["task_id"].as_str().expect("id")
+    );
+
+    // A different request under the same key is refused over gRPC as ABORTED.
+    let mut request = grpc_request_as(&app.api_key, grpc_image_request("https://e.com/2.png"));
+    request
+        .metadata_mut()
+        .insert("idempotency-key", "cross".parse().expect("ascii"));
+    let status = client.create_task(request).await.expect_err("conflict");
+    assert_eq!(status.code(), tonic::Code::Aborted);
+
+    // And a key first used over gRPC replays over REST.
+    let mut request = grpc_request_as(&app.api_key, grpc_image_request("https://e.com/3.png"));
+    request
+        .metadata_mut()
+        .insert("idempotency-key", "from-grpc".parse().expect("ascii"));
+    let created = client
+        .create_task(request)
+        .await
+        .expect("created")
+        .into_inner();
+    let (status, replayed, body) = create_with_key(
+        &app,
+        &app.api_key,
+        "from-grpc",
+        &image_body("https://e.com/3.png"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(replayed.as_deref(), Some("true"));
+    let replayed_task: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(replayed_task["task_id"], json!(created.task_id));
+
+    let listed = client
+        .list_tasks(app.grpc_request(ListTasksRequest::default()))
+        .await
+        .expect("listed")
+        .into_inner();
+    assert_eq!(listed.total, 2);
+}
+
+/// Fires `count` identical keyed creations at once, spread over `base_urls`, and checks that
+/// every answer is the stored 200 for one task or a 429 with Retry-After.
+async fn fire_concurrent_identical_requests(app: &TestApp, base_urls: &[String], count: usize) {
+    let body = image_body("https://e.com/concurrent.png");
+    let requests = (0..count).map(|i| {
+        let url = format!("{}/v1/task/imageannotation", base_urls[i % base_urls.len()]);
+        app.http
+            .post(url)
+            .basic_auth(&app.api_key, Some(""))
+            .header("Idempotency-Key", "concurrent-key")
+            .json(&body)
+            .send()
+    });
+    let mut task_ids = std::collections::HashSet::new();
+    let mut in_flight = 0;
+    for response in join_all(requests).await {
+        let response = response.expect("request sent");
+        let status = response.status();
+        let retry_after = response.headers().get("retry-after").cloned();
+        let body: Value = response.json().await.expect("json body");
+        match status {
+            StatusCode::OK => {
+                task_ids.insert(body["task_id"].as_str().expect("task_id").to_owned());
+            }
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert!(retry_after.is_some(), "429 without Retry-After");
+                assert_eq!(body["status_code"], 429);
+                in_flight += 1;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!(task_ids.len(), 1, "answers named {task_ids:?}");
+    assert!(in_flight < count, "every request was refused");
+    assert_eq!(total_tasks(app).await, 1);
+}
+
+async fn fifty_concurrent_identical_requests_create_exactly_one_task(app: TestApp) {
+    let base_urls = [app.base_url.clone()];
+    fire_concurrent_identical_requests(&app, &base_urls, 50).await;
+}
+
+backend_tests!(
+    a_replay_returns_the_stored_response_byte_for_byte_and_creates_nothing,
+    key_order_and_whitespace_do_not_change_the_fingerprint,
+    the_same_key_with_other_parameters_is_a_conflict,
+    a_key_used_by_one_account_is_refused_to_another_and_to_the_test_world,
+    errors_are_stored_and_replayed_even_when_the_cause_is_gone,
+    empty_or_oversized_keys_are_rejected,
+    a_key_first_used_over_rest_replays_over_grpc_and_back,
+    fifty_concurrent_identical_requests_create_exactly_one_task,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_sharing_postgres_create_exactly_one_task_for_fifty_concurrent_requests() {
+    let Some(app) = TestApp::spawn(Backend::Postgres).await else {
+        return;
+    };
+    let first = ServerProcess::start(&app.database_url).await;
+    let second = ServerProcess::start(&app.database_url).await;
+    let base_urls = [first.base_url.clone(), second.base_url.clone()];
+    fire_concurrent_identical_requests(&app, &base_urls, 50).await;
+    // A replay through either replica is the same task.
+    for base_url in &base_urls {
+        let response = app
+            .http
+            .post(format!("{base_url}/v1/task/imageannotation"))
+            .basic_auth(&app.api_key, Some(""))
+            .header("Idempotency-Key", "concurrent-key")
+            .json(&image_body("https://e.com/concurrent.png"))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["idempotent-replayed"], "true");
+    }
+}
+
+async fn keys_expire_after_their_ttl_and_are_swept(backend: Backend) {
+    let Some(app) = TestApp::spawn_with(backend, |config| {
+        config.idempotency_ttl = Duration::from_millis(500);
+        config.sweep_interval = Duration::from_millis(100);
+    })
+    .await
+    else {
+        return;
+    };
+    let (status, _, first) = create_with_key(
+        &app,
+        &app.api_key,
+        "short-lived",
+        &image_body("https://e.com/1.png"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // After expiry the key is free again, even for different parameters.
+    let (status, replayed, second) = create_with_key(
+        &app,
+        &app.api_key,
+        "short-lived",
+        &image_body("https://e.com/2.png"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    assert_eq!(replayed, None);
+    assert_ne!(first, second);
+    assert_eq!(total_tasks(&app).await, 2);
+
+    // The background sweeper removes expired rows on its own.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        app.service
+            .sweep_expired_idempotency_keys()
+            .await
+            .expect("sweep"),
+        0,
+        "the background sweeper should already have deleted the expired key"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_keys_expire_after_their_ttl_and_are_swept() {
+    keys_expire_after_their_ttl_and_are_swept(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_keys_expire_after_their_ttl_and_are_swept() {
+    keys_expire_after_their_ttl_and_are_swept(Backend::Postgres).await;
+}
