@@ -86,6 +86,21 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+/// The one path parameter of a route, percent-decoded once. A segment that cannot be decoded
+/// names nothing: 404 with the JSON error body, never axum's plain-text 400.
+struct Segment(String);
+
+impl FromRequestParts<AppState> for Segment {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(segment)) => Ok(Segment(segment)),
+            Err(_) => Err(Error::NotFound("No such object.".to_owned())),
+        }
+    }
+}
+
 type Body = Result<Bytes, BytesRejection>;
 
 fn ok(value: Value) -> Response {
@@ -99,7 +114,7 @@ fn task_response(task: Result<crate::domain::Task>) -> Result<Response> {
 async fn create_task(
     State(service): State<AppState>,
     Caller(scope): Caller,
-    Path(task_type): Path<String>,
+    Segment(task_type): Segment,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
@@ -132,7 +147,7 @@ async fn create_task(
 async fn get_task(
     State(service): State<AppState>,
     Caller(scope): Caller,
-    Path(task_id): Path<String>,
+    Segment(task_id): Segment,
 ) -> Result<Response> {
     task_response(service.get_task(scope, &task_id).await)
 }
@@ -150,7 +165,7 @@ async fn list_tasks(
 async fn cancel_task(
     State(service): State<AppState>,
     Caller(scope): Caller,
-    Path(task_id): Path<String>,
+    Segment(task_id): Segment,
     RawQuery(query): RawQuery,
 ) -> Result<Response> {
     let mut clear_unique_id = false;
@@ -165,7 +180,7 @@ async fn cancel_task(
 async fn set_task_metadata(
     State(service): State<AppState>,
     Caller(scope): Caller,
-    Path(task_id): Path<String>,
+    Segment(task_id): Segment,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
@@ -176,7 +191,7 @@ async fn set_task_metadata(
 async fn update_task_unique_id(
     State(service): State<AppState>,
     Caller(scope): Caller,
-    Path(task_id): Path<String>,
+    Segment(task_id): Segment,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
@@ -196,7 +211,7 @@ async fn update_task_unique_id(
 async fn delete_task_unique_id(
     State(service): State<AppState>,
     Caller(scope): Caller,
-    Path(task_id): Path<String>,
+    Segment(task_id): Segment,
 ) -> Result<Response> {
     task_response(service.delete_task_unique_id(scope, &task_id).await)
 }
@@ -208,7 +223,7 @@ async fn read_tags(headers: &HeaderMap, body: Body) -> Result<Vec<String>> {
 async fn add_task_tags(
     State(service): State<AppState>,
     Caller(scope): Caller,
-    Path(task_id): Path<String>,
+    Segment(task_id): Segment,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
@@ -219,7 +234,7 @@ async fn add_task_tags(
 async fn set_task_tags(
     State(service): State<AppState>,
     Caller(scope): Caller,
-    Path(task_id): Path<String>,
+    Segment(task_id): Segment,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
@@ -230,7 +245,7 @@ async fn set_task_tags(
 async fn delete_task_tags(
     State(service): State<AppState>,
     Caller(scope): Caller,
-    Path(task_id): Path<String>,
+    Segment(task_id): Segment,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
@@ -241,7 +256,7 @@ async fn delete_task_tags(
 async fn audit_task(
     State(service): State<AppState>,
     Caller(scope): Caller,
-    Path(task_id): Path<String>,
+    Segment(task_id): Segment,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {

@@ -1,0 +1,447 @@
+#!/usr/bin/env python3
+"""End-to-end check: Scale's official Python client (`pip install scaleapi`), unchanged,
+against a running annotask.
+
+    ANNOTASK_URL=http://127.0.0.1:8080/v1 ANNOTASK_API_KEY=live_... \
+        python3 tests/scale_client/check_scaleapi.py
+
+Only the client's public methods are used. Every task carries a run-specific prefix in its
+unique_id and project, so runs against a shared server do not see each other's tasks.
+Prints one line per check and `N passed, M failed`; exits non-zero on any failure.
+"""
+
+import os
+import re
+import sys
+import traceback
+import uuid
+
+try:
+    import scaleapi
+    from scaleapi.exceptions import (
+        ScaleDuplicateResource,
+        ScaleException,
+        ScaleInvalidRequest,
+        ScaleResourceNotFound,
+        ScaleUnauthorized,
+    )
+    from scaleapi.tasks import TaskStatus, TaskType
+except ImportError as err:  # pragma: no cover - reported, not tested
+    print(f"cannot import scaleapi: {err}", file=sys.stderr)
+    sys.exit(2)
+
+URL = os.environ.get("ANNOTASK_URL", "http://127.0.0.1:8080/v1").rstrip("/")
+KEY = os.environ.get("ANNOTASK_API_KEY", "")
+if not KEY:
+    print("ANNOTASK_API_KEY is not set", file=sys.stderr)
+    sys.exit(2)
+
+RUN = uuid.uuid4().hex[:12]
+PROJECT = f"scaleapi-check-{RUN}"
+OTHER_PROJECT = f"scaleapi-check-{RUN}-other"
+TASK_ID = re.compile(r"^[0-9a-f]{24}$")
+TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+UNKNOWN_TASK_ID = "0" * 24
+
+client = scaleapi.ScaleClient(KEY, api_instance_url=URL)
+
+# Filled in by earlier checks, read by later ones.
+state = {}
+
+
+def uid(name):
+    return f"{RUN}-{name}"
+
+
+def expect_error(exc_type, call, *args, **kwargs):
+    """Runs call, which must raise exc_type (and nothing else); returns the exception."""
+    try:
+        result = call(*args, **kwargs)
+    except exc_type as err:
+        return err
+    except ScaleException as err:
+        raise AssertionError(
+            f"expected {exc_type.__name__}, got {type(err).__name__}: {err}"
+        ) from err
+    raise AssertionError(
+        f"expected {exc_type.__name__}, but the call succeeded: {result!r}"
+    )
+
+
+def has_unique_id(task):
+    return "unique_id" in task.as_dict()
+
+
+def image_task(**extra):
+    fields = {
+        "instruction": "Draw a box around each car",
+        "attachment": "https://example.com/car.png",
+        "attachment_type": "image",
+        "geometries": {"box": {"objects_to_annotate": ["car"], "min_height": 5}},
+        "project": PROJECT,
+    }
+    fields.update(extra)
+    return client.create_task(TaskType.ImageAnnotation, **fields)
+
+
+def check_task_shape(task, task_type):
+    body = task.as_dict()
+    assert TASK_ID.match(task.id), f"task_id is not 24 lowercase hex: {task.id!r}"
+    assert body["task_id"] == task.id
+    assert body["type"] == task_type, f"type {body['type']!r} != {task_type!r}"
+    assert body["status"] == "pending", f"status {body['status']!r}"
+    for field in ("created_at", "updated_at"):
+        assert TIMESTAMP.match(body.get(field, "")), f"{field} {body.get(field)!r}"
+    assert "completed_at" not in body, f"completed_at on a pending task: {body}"
+    assert isinstance(body.get("params"), dict), f"params: {body.get('params')!r}"
+
+
+# ---------------------------------------------------------------------------- checks
+
+CHECKS = []
+
+
+def check(function):
+    CHECKS.append(function)
+    return function
+
+
+@check
+def create_an_image_annotation_task_with_attachment_and_geometries():
+    task = image_task(
+        unique_id=uid("img-1"),
+        metadata={"run": RUN, "nested": {"n": 1}},
+        tags=["first"],
+    )
+    check_task_shape(task, "imageannotation")
+    params = task.params
+    assert params.get("attachment") == "https://example.com/car.png", params
+    assert params.get("attachment_type") == "image", params
+    assert params.get("geometries") == {
+        "box": {"objects_to_annotate": ["car"], "min_height": 5}
+    }, params
+    assert task.instruction == "Draw a box around each car", task.as_dict()
+    assert task.unique_id == uid("img-1"), task.as_dict()
+    assert task.project == PROJECT, task.as_dict()
+    assert task.metadata == {"run": RUN, "nested": {"n": 1}}, task.metadata
+    assert task.tags == ["first"], task.as_dict()
+    state["image"] = task
+
+
+@check
+def create_a_categorization_task_with_instruction_attachment_and_categories():
+    task = client.create_task(
+        TaskType.Categorization,
+        instruction="Is this text about cars?",
+        attachment="A red car drives by.",
+        attachment_type="text",
+        categories=["yes", "no"],
+        project=PROJECT,
+        unique_id=uid("cat-1"),
+    )
+    check_task_shape(task, "categorization")
+    params = task.params
+    assert params.get("categories") == ["yes", "no"], params
+    assert params.get("attachment") == "A red car drives by.", params
+    assert params.get("attachment_type") == "text", params
+    assert task.metadata == {}, f"metadata defaults to {{}}: {task.as_dict()}"
+    assert "tags" not in task.as_dict(), f"tags never set: {task.as_dict()}"
+    state["categorization"] = task
+
+
+@check
+def get_task_returns_the_created_task_unchanged():
+    for name in ("image", "categorization"):
+        created = state[name]
+        fetched = client.get_task(created.id)
+        assert fetched.id == created.id
+        assert fetched.as_dict() == created.as_dict(), (
+            f"created {created.as_dict()} != fetched {fetched.as_dict()}"
+        )
+
+
+@check
+def create_three_more_tasks_in_the_project():
+    extra = [image_task(unique_id=uid(f"img-{n}")) for n in range(2, 5)]
+    for task in extra:
+        check_task_shape(task, "imageannotation")
+    state["all_ids"] = [state["image"].id, state["categorization"].id] + [
+        t.id for t in extra
+    ]
+    assert len(set(state["all_ids"])) == 5, state["all_ids"]
+
+
+@check
+def tasks_pages_by_next_token_and_sees_every_task_exactly_once():
+    seen = []
+    pages = 0
+    next_token = None
+    while True:
+        kwargs = {"project": PROJECT, "limit": 2}
+        if next_token is not None:
+            kwargs["next_token"] = next_token
+        page = client.tasks(**kwargs)
+        pages += 1
+        assert pages <= 5, "paging does not end"
+        assert page.total == 5, f"page {pages}: total {page.total}, expected 5"
+        assert page.limit == 2, f"page {pages}: limit {page.limit}"
+        assert page.offset == 0, f"page {pages}: offset {page.offset}"
+        assert 1 <= len(page.docs) <= 2, f"page {pages}: {len(page.docs)} docs"
+        seen.extend(page.docs)
+        if not page.has_more:
+            assert page.next_token is None, f"next_token without has_more: {page.next_token!r}"
+            break
+        assert page.next_token, f"page {pages}: has_more without next_token"
+        next_token = page.next_token
+    ids = [t.id for t in seen]
+    assert pages == 3, f"5 tasks at limit 2 take 3 pages, took {pages}"
+    assert len(ids) == len(set(ids)), f"a task was listed twice: {ids}"
+    assert set(ids) == set(state["all_ids"]), f"listed {ids}, created {state['all_ids']}"
+    keys = [(t.created_at, t.id) for t in seen]
+    assert keys == sorted(keys, reverse=True), f"not newest first: {keys}"
+
+
+@check
+def get_tasks_generator_yields_every_project_task_once():
+    for limit in (2, None):
+        ids = [t.id for t in client.get_tasks(project_name=PROJECT, limit=limit)]
+        assert len(ids) == len(set(ids)), f"limit={limit}: duplicates {ids}"
+        assert set(ids) == set(state["all_ids"]), f"limit={limit}: {ids}"
+
+
+@check
+def get_tasks_count_counts_the_project_and_honours_filters():
+    assert client.get_tasks_count(project_name=PROJECT) == 5
+    count = client.get_tasks_count(
+        project_name=PROJECT, unique_id=[uid("img-1"), uid("cat-1"), uid("none")]
+    )
+    assert count == 2, f"unique_id filter counted {count}"
+    count = client.get_tasks_count(project_name=PROJECT, task_type=TaskType.Categorization)
+    assert count == 1, f"type filter counted {count}"
+    count = client.get_tasks_count(project_name=PROJECT, tags="first")
+    assert count == 1, f"tags filter counted {count}"
+    assert client.get_tasks_count(project_name=f"{PROJECT}-nobody") == 0
+
+
+@check
+def limited_response_keeps_only_the_documented_fields():
+    page = client.tasks(project=PROJECT, limit=5, limited_response=True)
+    assert len(page.docs) == 5, len(page.docs)
+    for task in page.docs:
+        keys = set(task.as_dict())
+        assert {"task_id", "status"} <= keys, keys
+        extra = keys - {"task_id", "status", "metadata", "project", "otherVersion"}
+        assert not extra, f"limited_response returned {sorted(extra)}"
+
+
+@check
+def a_taken_unique_id_raises_duplicate_resource_naming_the_holder():
+    holder = state["image"].id
+    err = expect_error(ScaleDuplicateResource, image_task, unique_id=uid("img-1"))
+    assert err.code == 409, err.code
+    assert err.message.rstrip(". ").endswith(f"({holder})"), (
+        f"message does not end with the holder ({holder}): {err.message!r}"
+    )
+    assert uid("img-1") in err.message, f"unique_id not named in {err.message!r}"
+    assert client.get_tasks_count(project_name=PROJECT) == 5, "a task was created anyway"
+
+
+@check
+def an_unknown_task_id_raises_resource_not_found():
+    err = expect_error(ScaleResourceNotFound, client.get_task, UNKNOWN_TASK_ID)
+    assert err.code == 404, err.code
+    err = expect_error(ScaleResourceNotFound, client.get_task, "not-a-task-id")
+    assert err.code == 404, err.code
+    expect_error(ScaleResourceNotFound, client.cancel_task, UNKNOWN_TASK_ID)
+    expect_error(ScaleResourceNotFound, client.set_task_metadata, UNKNOWN_TASK_ID, {"a": 1})
+
+
+@check
+def a_bad_api_key_raises_unauthorized():
+    bad = scaleapi.ScaleClient("live_" + "0" * 32, api_instance_url=URL)
+    err = expect_error(ScaleUnauthorized, bad.get_task, state["image"].id)
+    assert err.code == 401, err.code
+    expect_error(ScaleUnauthorized, bad.tasks, project=PROJECT)
+    expect_error(
+        ScaleUnauthorized,
+        bad.create_task,
+        TaskType.Categorization,
+        instruction="x",
+        attachment="y",
+        attachment_type="text",
+        categories=["a"],
+    )
+
+
+@check
+def a_missing_required_field_raises_invalid_request_naming_it():
+    err = expect_error(
+        ScaleInvalidRequest,
+        client.create_task,
+        TaskType.ImageAnnotation,
+        instruction="Draw a box around each car",
+        geometries={"box": {"objects_to_annotate": ["car"]}},
+        project=PROJECT,
+    )
+    assert err.code == 400, err.code
+    assert "attachment" in err.message, f"field not named in {err.message!r}"
+    err = expect_error(
+        ScaleInvalidRequest,
+        client.create_task,
+        TaskType.Categorization,
+        instruction="Is this text about cars?",
+        attachment="A red car drives by.",
+        attachment_type="text",
+        project=PROJECT,
+    )
+    assert "categories" in err.message, f"field not named in {err.message!r}"
+    assert client.get_tasks_count(project_name=PROJECT) == 5, "a task was created anyway"
+
+
+@check
+def cancel_with_clear_unique_id_frees_the_unique_id():
+    task_id = state["all_ids"][-1]  # img-4
+    canceled = client.cancel_task(task_id, clear_unique_id=True)
+    assert canceled.id == task_id
+    assert canceled.status == "canceled", canceled.as_dict()
+    assert not has_unique_id(canceled), f"unique_id kept: {canceled.as_dict()}"
+    fetched = client.get_task(task_id)
+    assert fetched.status == "canceled" and not has_unique_id(fetched), fetched.as_dict()
+    again = client.cancel_task(task_id)
+    assert again.status == "canceled", f"second cancel: {again.as_dict()}"
+    reused = image_task(unique_id=uid("img-4"), project=OTHER_PROJECT)
+    assert reused.unique_id == uid("img-4") and reused.id != task_id, reused.as_dict()
+    state["reused"] = reused
+
+
+@check
+def status_filter_finds_the_canceled_task():
+    ids = [t.id for t in client.get_tasks(project_name=PROJECT, status=TaskStatus.Canceled)]
+    assert ids == [state["all_ids"][-1]], f"canceled: {ids}"
+    count = client.get_tasks_count(project_name=PROJECT, status=TaskStatus.Pending)
+    assert count == 4, f"pending: {count}"
+
+
+@check
+def set_task_metadata_replaces_the_metadata():
+    task_id = state["categorization"].id
+    before = client.get_task(task_id)
+    updated = client.set_task_metadata(task_id, {"reviewed": True, "score": 0.5})
+    assert updated.metadata == {"reviewed": True, "score": 0.5}, updated.metadata
+    assert updated.updated_at >= before.updated_at, (before.updated_at, updated.updated_at)
+    assert client.get_task(task_id).metadata == {"reviewed": True, "score": 0.5}
+    replaced = client.set_task_metadata(task_id, {"only": "this"})
+    assert replaced.metadata == {"only": "this"}, f"not replaced: {replaced.metadata}"
+    # The client sends `{}` as an empty body with a JSON content type.
+    emptied = client.set_task_metadata(task_id, {})
+    assert emptied.metadata == {}, f"set_task_metadata({{}}): {emptied.metadata}"
+
+
+@check
+def set_task_metadata_works_on_a_canceled_task():
+    task_id = state["all_ids"][-1]
+    updated = client.set_task_metadata(task_id, {"after": "cancel"})
+    assert updated.status == "canceled" and updated.metadata == {"after": "cancel"}
+
+
+@check
+def update_task_unique_id_sets_it_and_a_taken_one_is_refused():
+    task_id = state["categorization"].id
+    updated = client.update_task_unique_id(task_id, uid("cat-renamed"))
+    assert updated.unique_id == uid("cat-renamed"), updated.as_dict()
+    found = list(client.get_tasks(project_name=PROJECT, unique_id=uid("cat-renamed")))
+    assert [t.id for t in found] == [task_id], found
+    assert client.get_tasks_count(project_name=PROJECT, unique_id=uid("cat-1")) == 0
+    same = client.update_task_unique_id(task_id, uid("cat-renamed"))
+    assert same.unique_id == uid("cat-renamed"), f"own value: {same.as_dict()}"
+    holder = state["image"].id
+    err = expect_error(
+        ScaleDuplicateResource, client.update_task_unique_id, task_id, uid("img-1")
+    )
+    assert f"({holder})" in err.message, f"holder {holder} not named in {err.message!r}"
+    assert client.get_task(task_id).unique_id == uid("cat-renamed"), "changed anyway"
+
+
+@check
+def clear_task_unique_id_removes_it_and_frees_the_value():
+    task_id = state["categorization"].id
+    cleared = client.clear_task_unique_id(task_id)
+    assert not has_unique_id(cleared), f"unique_id kept: {cleared.as_dict()}"
+    assert not has_unique_id(client.get_task(task_id))
+    taken = client.update_task_unique_id(state["all_ids"][2], uid("cat-renamed"))
+    assert taken.unique_id == uid("cat-renamed"), taken.as_dict()
+
+
+@check
+def add_task_tags_appends_keeping_order_and_ignoring_duplicates():
+    task_id = state["image"].id
+    task = client.add_task_tags(task_id, ["blue", "red"])
+    assert task.tags == ["first", "blue", "red"], task.tags
+    task = client.add_task_tags(task_id, ["red", "green", "blue"])
+    assert task.tags == ["first", "blue", "red", "green"], task.tags
+    assert client.get_task(task_id).tags == ["first", "blue", "red", "green"]
+
+
+@check
+def set_task_tags_replaces_all_tags():
+    task_id = state["image"].id
+    task = client.set_task_tags(task_id, ["alpha", "beta", "gamma"])
+    assert task.tags == ["alpha", "beta", "gamma"], task.tags
+    ids = [t.id for t in client.get_tasks(project_name=PROJECT, tags=["alpha", "gamma"])]
+    assert ids == [task_id], f"tags filter: {ids}"
+    assert client.get_tasks_count(project_name=PROJECT, tags="first") == 0
+
+
+@check
+def delete_task_tags_removes_only_the_given_tags():
+    task_id = state["image"].id
+    task = client.delete_task_tags(task_id, ["beta", "not-there"])
+    assert task.tags == ["alpha", "gamma"], task.tags
+    assert client.get_task(task_id).tags == ["alpha", "gamma"]
+
+
+@check
+def an_empty_tag_is_refused_and_changes_nothing():
+    task_id = state["image"].id
+    expect_error(ScaleInvalidRequest, client.add_task_tags, task_id, ["ok", ""])
+    expect_error(ScaleInvalidRequest, client.set_task_tags, task_id, ["ok", ""])
+    assert client.get_task(task_id).tags == ["alpha", "gamma"], "changed anyway"
+
+
+@check
+def set_task_tags_with_an_empty_list_removes_every_tag():
+    # The client sends `[]` as an empty body with a JSON content type.
+    task = client.set_task_tags(state["image"].id, [])
+    assert task.as_dict().get("tags", []) == [], task.as_dict()
+
+
+@check
+def tasks_of_another_project_are_not_listed():
+    ids = [t.id for t in client.get_tasks(project_name=OTHER_PROJECT)]
+    assert ids == [state["reused"].id], ids
+    assert client.get_tasks_count(project_name=PROJECT) == 5
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def main():
+    print(f"scaleapi {scaleapi.__version__} against {URL} (run {RUN})")
+    passed = failed = 0
+    for function in CHECKS:
+        name = function.__name__.replace("_", " ")
+        try:
+            function()
+        except Exception as err:  # noqa: BLE001 - every failure is reported
+            failed += 1
+            print(f"FAIL {name}: {type(err).__name__}: {err}")
+            traceback.print_exc(file=sys.stdout)
+        else:
+            passed += 1
+            print(f"ok   {name}")
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
