@@ -32,6 +32,8 @@ pub struct Config {
     pub idempotency_ttl: Duration,
     /// How often expired idempotency keys are swept.
     pub sweep_interval: Duration,
+    /// How long in-flight requests may still run after a shutdown signal.
+    pub shutdown_grace: Duration,
 }
 
 impl Config {
@@ -41,6 +43,7 @@ impl Config {
             limits: Limits::default(),
             idempotency_ttl: Duration::from_secs(24 * 60 * 60),
             sweep_interval: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }

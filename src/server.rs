@@ -119,11 +119,28 @@ impl App {
             self.config.sweep_interval,
         ));
         tracing::info!(%addr, "serving gRPC, grpc-web and REST");
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let stopping = Arc::new(tokio::sync::Notify::new());
+        let signalled = stopping.clone();
+        let served = axum::serve(listener, router).with_graceful_shutdown(async move {
+            shutdown.await;
+            signalled.notify_one();
+        });
+        let grace = self.config.shutdown_grace;
+        // In-flight requests get `grace` to finish; a client that never finishes cannot hold
+        // the process forever.
+        let outcome = tokio::select! {
+            served = served => served,
+            () = async {
+                stopping.notified().await;
+                tokio::time::sleep(grace).await;
+            } => {
+                tracing::warn!(?grace, "in-flight requests still running after the grace period");
+                Ok(())
+            }
+        };
         sweeper.abort();
-        served?;
+        self.service.close().await;
+        outcome?;
         tracing::info!("stopped");
         Ok(())
     }

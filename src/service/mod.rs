@@ -36,4 +36,9 @@ impl Service {
     pub async fn health(&self) -> Result<()> {
         self.store.ping().await
     }
+
+    /// Closes the database pool (SQLite checkpoints its WAL on close).
+    pub async fn close(&self) {
+        self.store.clone().close().await;
+    }
 }
