@@ -13,7 +13,7 @@ use axum::{
 use serde_json::json;
 use tokio::net::TcpListener;
 use tonic_web::GrpcWebLayer;
-use tower_http::cors::{Any, CorsLayer};
+use tower_http::cors::{AllowHeaders, Any, CorsLayer};
 
 use crate::{
     api::{grpc::GrpcTasks, rest},
@@ -76,6 +76,7 @@ impl App {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .into_axum_router()
+            .layer(middleware::map_response(oversized_message_is_resource_exhausted))
             .layer(GrpcWebLayer::new())
             // Without this, an unknown REST path would get tonic's gRPC fallback (400).
             .reset_fallback();
@@ -89,7 +90,8 @@ impl App {
         let cors = CorsLayer::new()
             .allow_origin(Any)
             .allow_methods(Any)
-            .allow_headers(Any)
+            // `*` never covers Authorization in browsers: echo what the preflight asks for.
+            .allow_headers(AllowHeaders::mirror_request())
             .expose_headers([
                 HeaderName::from_static("grpc-status"),
                 HeaderName::from_static("grpc-message"),
@@ -144,6 +146,24 @@ impl App {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// tonic answers a message over `max_decoding_message_size` with `OUT_OF_RANGE`; the API
+/// promises `RESOURCE_EXHAUSTED` (REST's 413). No handler of ours returns `OUT_OF_RANGE`.
+async fn oversized_message_is_resource_exhausted(mut response: Response) -> Response {
+    const OUT_OF_RANGE: &str = "11";
+    let grpc_status = HeaderName::from_static("grpc-status");
+    if response
+        .headers()
+        .get(&grpc_status)
+        .is_some_and(|status| status == OUT_OF_RANGE)
+    {
+        let resource_exhausted = i32::from(tonic::Code::ResourceExhausted).to_string();
+        if let Ok(value) = resource_exhausted.parse() {
+            response.headers_mut().insert(grpc_status, value);
+        }
+    }
+    response
 }
 
 /// Deletes expired idempotency keys now and then, so the table does not grow without end.
