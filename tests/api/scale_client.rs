@@ -18,6 +18,7 @@ use serde_json::Value;
 use crate::{
     backend_tests,
     helpers::{self, Backend, TestApp, TestDb},
+    process::free_port,
 };
 
 // ------------------------------------------------------------------ the Python client
@@ -118,12 +119,6 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr").port()
 }
 
 /// `annotask ARGS` with a clean configuration environment, run to completion.
