@@ -76,7 +76,9 @@ impl App {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .into_axum_router()
-            .layer(middleware::map_response(oversized_message_is_resource_exhausted))
+            .layer(middleware::map_response(
+                oversized_message_is_resource_exhausted,
+            ))
             .layer(GrpcWebLayer::new())
             // Without this, an unknown REST path would get tonic's gRPC fallback (400).
             .reset_fallback();

@@ -1,6 +1,6 @@
 //! Scale's task types and the creation fields each one requires.
 
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
 /// A field a task type cannot be created without.
 #[derive(Debug, Clone, Copy)]
@@ -11,8 +11,22 @@ enum Required {
     List(&'static str),
     /// A non-empty JSON object, e.g. `geometries`.
     Object(&'static str),
+    /// A non-empty JSON array or object (Scale documents both forms of `fields`).
+    ListOrObject(&'static str),
     /// At least one of these, as a non-empty string or array.
     OneOf(&'static [&'static str]),
+}
+
+/// The shape of a finished task's `response`, for the synthetic answers of the test world.
+#[derive(Debug, Clone, Copy)]
+enum Answer {
+    Annotations,
+    Category,
+    Choice,
+    Fields,
+    Transcription,
+    Entities,
+    Messages,
 }
 
 struct Rules {
@@ -20,62 +34,82 @@ struct Rules {
     required: &'static [Required],
     /// Scale rejects these without an instruction (unless a project supplies one).
     needs_instruction: bool,
+    answer: Answer,
 }
 
 const ATTACHMENT: Required = Required::Text("attachment");
 const ATTACHMENTS: Required = Required::List("attachments");
 const VIDEO: Required = Required::OneOf(&["attachments", "attachment"]);
 
-use Required::{List, Object, Text};
+use Answer::{Annotations, Category, Choice, Entities, Fields, Messages, Transcription};
+use Required::{List, ListOrObject, Object, Text};
 
 /// Every value of the Scale Python client's `TaskType`.
 static RULES: &[Rules] = &[
-    rule("annotation", &[ATTACHMENT], false),
-    rule("categorization", &[ATTACHMENT, List("categories")], true),
-    rule("comparison", &[ATTACHMENTS], true),
-    rule("cuboidannotation", &[ATTACHMENT], false),
-    rule("datacollection", &[ATTACHMENT], true),
-    rule("documentmodel", &[ATTACHMENT], false),
-    rule("documenttranscription", &[ATTACHMENT], false),
+    rule("annotation", &[ATTACHMENT], false, Annotations),
+    rule(
+        "categorization",
+        &[ATTACHMENT, List("categories")],
+        true,
+        Category,
+    ),
+    rule("comparison", &[ATTACHMENTS], true, Choice),
+    rule("cuboidannotation", &[ATTACHMENT], false, Annotations),
+    rule("datacollection", &[ATTACHMENT], true, Fields),
+    rule("documentmodel", &[ATTACHMENT], false, Fields),
+    rule("documenttranscription", &[ATTACHMENT], false, Transcription),
     rule(
         "imageannotation",
         &[ATTACHMENT, Object("geometries")],
         false,
+        Annotations,
     ),
-    rule("laneannotation", &[ATTACHMENT], false),
-    rule("lidarannotation", &[ATTACHMENTS], false),
-    rule("lidarlinking", &[ATTACHMENTS], false),
-    rule("lidarsegmentation", &[ATTACHMENTS], false),
-    rule("lidartopdown", &[ATTACHMENTS], false),
-    rule("lineannotation", &[ATTACHMENT], false),
+    rule("laneannotation", &[ATTACHMENT], false, Annotations),
+    rule("lidarannotation", &[ATTACHMENTS], false, Annotations),
+    rule("lidarlinking", &[ATTACHMENTS], false, Annotations),
+    rule("lidarsegmentation", &[ATTACHMENTS], false, Annotations),
+    rule("lidartopdown", &[ATTACHMENTS], false, Annotations),
+    rule("lineannotation", &[ATTACHMENT], false, Annotations),
     rule(
         "namedentityrecognition",
         &[Text("text"), List("labels")],
         true,
+        Entities,
     ),
-    rule("pointannotation", &[ATTACHMENT], false),
-    rule("polygonannotation", &[ATTACHMENT], false),
-    rule("segmentannotation", &[ATTACHMENT], false),
-    rule("transcription", &[ATTACHMENT], true),
-    rule("textcollection", &[ATTACHMENTS, Object("fields")], true),
-    rule("videoannotation", &[VIDEO], false),
-    rule("videoboxannotation", &[VIDEO], false),
-    rule("videoplaybackannotation", &[VIDEO], false),
-    rule("videocuboidannotation", &[VIDEO], false),
-    rule("sensorfusion", &[ATTACHMENTS], false),
-    rule("chat", &[], true),
-    rule("chatexperimental", &[], true),
-    rule("chatlite", &[], true),
-    rule("multichat", &[], true),
-    rule("multistage", &[], false),
-    rule("federal2dvideoannotation", &[VIDEO], false),
+    rule("pointannotation", &[ATTACHMENT], false, Annotations),
+    rule("polygonannotation", &[ATTACHMENT], false, Annotations),
+    rule("segmentannotation", &[ATTACHMENT], false, Annotations),
+    rule("transcription", &[ATTACHMENT], true, Transcription),
+    rule(
+        "textcollection",
+        &[ATTACHMENTS, ListOrObject("fields")],
+        true,
+        Fields,
+    ),
+    rule("videoannotation", &[VIDEO], false, Annotations),
+    rule("videoboxannotation", &[VIDEO], false, Annotations),
+    rule("videoplaybackannotation", &[VIDEO], false, Annotations),
+    rule("videocuboidannotation", &[VIDEO], false, Annotations),
+    rule("sensorfusion", &[ATTACHMENTS], false, Annotations),
+    rule("chat", &[], true, Messages),
+    rule("chatexperimental", &[], true, Messages),
+    rule("chatlite", &[], true, Messages),
+    rule("multichat", &[], true, Messages),
+    rule("multistage", &[], false, Fields),
+    rule("federal2dvideoannotation", &[VIDEO], false, Annotations),
 ];
 
-const fn rule(name: &'static str, required: &'static [Required], needs_instruction: bool) -> Rules {
+const fn rule(
+    name: &'static str,
+    required: &'static [Required],
+    needs_instruction: bool,
+    answer: Answer,
+) -> Rules {
     Rules {
         name,
         required,
         needs_instruction,
+        answer,
     }
 }
 
@@ -137,6 +171,18 @@ impl TaskType {
                     }
                     Some(_) => return Err(format!("Parameter '{field}' must be an object.")),
                 },
+                Required::ListOrObject(field) => match params.get(field) {
+                    Some(Value::Array(items)) if !items.is_empty() => {}
+                    Some(Value::Object(map)) if !map.is_empty() => {}
+                    Some(Value::Array(_) | Value::Object(_)) | None | Some(Value::Null) => {
+                        return Err(missing(self, field))
+                    }
+                    Some(_) => {
+                        return Err(format!(
+                            "Parameter '{field}' must be an array or an object."
+                        ))
+                    }
+                },
                 Required::OneOf(fields) => {
                     let present = fields.iter().any(|field| match params.get(*field) {
                         Some(Value::String(text)) => !text.trim().is_empty(),
@@ -165,6 +211,80 @@ impl TaskType {
             }
         }
         Ok(())
+    }
+}
+
+impl TaskType {
+    /// A plausible, non-empty `response` for a task of this type, drawn from its params: what
+    /// test-world tasks complete with, so integrations can be exercised end to end.
+    pub fn synthetic_response(self, params: &Map<String, Value>) -> Value {
+        let first = |field: &str| -> Option<Value> {
+            match params.get(field)? {
+                Value::Array(items) => items.first().cloned(),
+                Value::Object(map) => map.keys().next().map(|key| json!(key)),
+                _ => None,
+            }
+        };
+        match self.0.answer {
+            Answer::Annotations => {
+                let geometry = first("geometries").unwrap_or_else(|| json!("box"));
+                let label = params
+                    .get("geometries")
+                    .and_then(|geometries| {
+                        geometries
+                            .as_object()?
+                            .values()
+                            .next()?
+                            .get("objects_to_annotate")?
+                            .as_array()?
+                            .first()
+                            .cloned()
+                    })
+                    .or_else(|| first("objects_to_annotate"))
+                    .unwrap_or_else(|| json!("object"));
+                json!({"annotations": [{
+                    "type": geometry, "label": label,
+                    "left": 0, "top": 0, "width": 1, "height": 1,
+                }]})
+            }
+            Answer::Category => json!({
+                "category": first("categories").unwrap_or_else(|| json!("test")),
+            }),
+            Answer::Choice => json!({
+                "choice": first("choices").unwrap_or_else(|| json!("test")),
+                "fields": {},
+            }),
+            Answer::Fields => {
+                let mut fields = Map::new();
+                match params.get("fields") {
+                    Some(Value::Array(items)) => {
+                        for item in items {
+                            if let Some(id) = item.get("field_id").and_then(Value::as_str) {
+                                fields.insert(id.to_owned(), json!("test response"));
+                            }
+                        }
+                    }
+                    Some(Value::Object(map)) => {
+                        for key in map.keys() {
+                            fields.insert(key.clone(), json!("test response"));
+                        }
+                    }
+                    _ => {}
+                }
+                if fields.is_empty() {
+                    fields.insert("value".to_owned(), json!("test response"));
+                }
+                json!({"fields": fields})
+            }
+            Answer::Transcription => json!({"transcription": "test transcription"}),
+            Answer::Entities => json!({"entities": [{
+                "label": first("labels").unwrap_or_else(|| json!("entity")),
+                "start": 0, "end": 1,
+            }]}),
+            Answer::Messages => {
+                json!({"responses": [{"role": "assistant", "content": "test response"}]})
+            }
+        }
     }
 }
 
@@ -215,6 +335,40 @@ mod tests {
             .check_params(&params(json!({"attachment": 5, "geometries": {"box": {}}})))
             .unwrap_err();
         assert!(err.contains("'attachment' must be a string"), "{err}");
+    }
+
+    #[test]
+    fn every_type_has_a_non_empty_synthetic_response() {
+        for name in TaskType::all_names() {
+            let response = TaskType::parse(name)
+                .unwrap()
+                .synthetic_response(&Map::new());
+            assert!(
+                response.as_object().is_some_and(|map| !map.is_empty()),
+                "{name}"
+            );
+        }
+        let image = TaskType::parse("imageannotation").unwrap();
+        let response = image.synthetic_response(&params(
+            json!({"geometries": {"polygon": {"objects_to_annotate": ["car"]}}}),
+        ));
+        assert_eq!(response["annotations"][0]["type"], "polygon");
+        assert_eq!(response["annotations"][0]["label"], "car");
+    }
+
+    #[test]
+    fn textcollection_fields_may_be_an_array_or_an_object() {
+        let text = TaskType::parse("textcollection").unwrap();
+        let array = json!({"attachments": ["a"], "fields": [{"type": "text", "field_id": "hq"}]});
+        assert!(text.check_params(&params(array)).is_ok());
+        assert!(text
+            .check_params(&params(
+                json!({"attachments": ["a"], "fields": {"hq": "x"}})
+            ))
+            .is_ok());
+        assert!(text
+            .check_params(&params(json!({"attachments": ["a"], "fields": "x"})))
+            .is_err());
     }
 
     #[test]

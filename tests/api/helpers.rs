@@ -4,10 +4,7 @@
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use annotask::{
-    config::Config,
-    proto::task_service_client::TaskServiceClient,
-    server::App,
-    service::Service,
+    config::Config, proto::task_service_client::TaskServiceClient, server::App, service::Service,
 };
 use rand::Rng;
 use reqwest::{Method, StatusCode};
@@ -53,7 +50,8 @@ impl TestDb {
     pub async fn create(backend: Backend) -> Option<(TestDb, String)> {
         match backend {
             Backend::Sqlite => {
-                let path = std::env::temp_dir().join(format!("annotask-test-{}.db", random_suffix()));
+                let path =
+                    std::env::temp_dir().join(format!("annotask-test-{}.db", random_suffix()));
                 let url = format!("sqlite://{}?mode=rwc", path.display());
                 Some((TestDb::Sqlite(path), url))
             }
@@ -72,7 +70,9 @@ impl TestDb {
                     .await
                     .expect("create test database");
                 let _ = admin.close().await;
-                let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(base, _)| base);
+                let base = admin_url
+                    .rsplit_once('/')
+                    .map_or(admin_url.as_str(), |(base, _)| base);
                 let url = format!("{base}/{name}");
                 Some((TestDb::Postgres { admin_url, name }, url))
             }

@@ -3,4 +3,12 @@
 
 mod helpers;
 
+mod grpc;
+mod grpc_web;
+mod idempotency;
+mod limits;
+mod process;
+mod rest_list;
+mod rest_tasks;
+mod scale_client;
 mod smoke;
