@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use annotask::proto::{CreateTaskRequest, ListTasksRequest};
-use futures::future::join_all;
+use futures::{future::join_all, stream::FuturesUnordered, StreamExt};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -299,6 +299,7 @@ backend_tests!(
     empty_or_oversized_keys_are_rejected,
     a_key_first_used_over_rest_replays_over_grpc_and_back,
     fifty_concurrent_identical_requests_create_exactly_one_task,
+    a_crash_mid_request_leaves_no_stuck_key_and_no_orphan_task,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -324,6 +325,71 @@ async fn two_replicas_sharing_postgres_create_exactly_one_task_for_fifty_concurr
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.headers()["idempotent-replayed"], "true");
     }
+}
+
+/// Kills a replica while keyed creations are in flight, then retries every request on a fresh
+/// replica: each must succeed (no key left stuck) without a unique_id conflict (no orphan task
+/// committed without its key), and exactly one task per key must exist.
+async fn a_crash_mid_request_leaves_no_stuck_key_and_no_orphan_task(app: TestApp) {
+    const REQUESTS: usize = 30;
+    let body = |i: usize| {
+        let mut body = image_body(&format!("https://e.com/{i}.png"));
+        body["unique_id"] = json!(format!("crash-{i}"));
+        body
+    };
+    let send = |base_url: String, i: usize| {
+        app.http
+            .post(format!("{base_url}/v1/task/imageannotation"))
+            .basic_auth(&app.api_key, Some(""))
+            .header("Idempotency-Key", format!("crash-key-{i}"))
+            .json(&body(i))
+            .send()
+    };
+    let doomed = ServerProcess::start(&app.database_url).await;
+    let mut in_flight: FuturesUnordered<_> = (0..REQUESTS)
+        .map(|i| {
+            let request = send(doomed.base_url.clone(), i);
+            async move { (i, request.await) }
+        })
+        .collect();
+    // Crash as soon as the first answer is out, with the others still in flight.
+    let mut answers = Vec::with_capacity(REQUESTS);
+    answers.extend(in_flight.next().await);
+    doomed.crash();
+    while let Some(answer) = in_flight.next().await {
+        answers.push(answer);
+    }
+    // What each request got before the crash: a task id, or nothing (cut off).
+    let mut before_crash: Vec<Option<String>> = vec![None; REQUESTS];
+    for (i, answer) in answers {
+        if let Ok(response) = answer {
+            if response.status() == StatusCode::OK {
+                before_crash[i] = response
+                    .json::<Value>()
+                    .await
+                    .ok()
+                    .and_then(|task| task["task_id"].as_str().map(str::to_owned));
+            }
+        }
+    }
+    let answered = before_crash.iter().filter(|id| id.is_some()).count();
+    eprintln!("{answered} of {REQUESTS} answered before the crash");
+    let survivor = ServerProcess::start(&app.database_url).await;
+    let retries = join_all((0..REQUESTS).map(|i| send(survivor.base_url.clone(), i))).await;
+    for (i, retry) in retries.into_iter().enumerate() {
+        let retry = retry.expect("retry sent");
+        let status = retry.status();
+        let replayed = retry.headers().contains_key("idempotent-replayed");
+        let text = retry.text().await.expect("body");
+        assert_eq!(status, StatusCode::OK, "retry {i}: {text}");
+        if let Some(first_id) = &before_crash[i] {
+            // An answered request was committed with its key: the retry is its replay.
+            assert!(replayed, "retry {i} was not a replay: {text}");
+            let task: Value = serde_json::from_str(&text).expect("json");
+            assert_eq!(task["task_id"].as_str(), Some(first_id.as_str()));
+        }
+    }
+    assert_eq!(total_tasks(&app).await, REQUESTS as u64);
 }
 
 async fn keys_expire_after_their_ttl_and_are_swept(backend: Backend) {

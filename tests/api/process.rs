@@ -53,6 +53,14 @@ impl ServerProcess {
     }
 }
 
+impl ServerProcess {
+    /// SIGKILL: no graceful shutdown, as in a crash.
+    pub fn crash(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
