@@ -11,7 +11,7 @@ use crate::{
     domain::{ListQuery, PageToken, Scope, TaskFilter, TimeRange},
     error::Error,
     proto::{self, task_service_server::TaskService},
-    service::Service,
+    service::{Service, TagEdit},
 };
 
 const ERROR_DOMAIN: &str = "annotask";
@@ -30,6 +30,20 @@ pub struct GrpcTasks {
 impl GrpcTasks {
     pub fn new(service: Arc<Service>) -> Self {
         GrpcTasks { service }
+    }
+
+    async fn edit_tags(
+        &self,
+        request: Request<proto::TaskTagsRequest>,
+        edit: TagEdit,
+    ) -> TaskResult {
+        let scope = self.caller(&request).await?;
+        let request = request.into_inner();
+        reply(
+            self.service
+                .edit_task_tags(scope, &request.task_id, edit, request.tags)
+                .await,
+        )
     }
 
     async fn caller<T>(&self, request: &Request<T>) -> Result<Scope, Status> {
@@ -265,33 +279,15 @@ impl TaskService for GrpcTasks {
     }
 
     async fn add_task_tags(&self, request: Request<proto::TaskTagsRequest>) -> TaskResult {
-        let scope = self.caller(&request).await?;
-        let request = request.into_inner();
-        reply(
-            self.service
-                .add_task_tags(scope, &request.task_id, request.tags)
-                .await,
-        )
+        self.edit_tags(request, TagEdit::Add).await
     }
 
     async fn set_task_tags(&self, request: Request<proto::TaskTagsRequest>) -> TaskResult {
-        let scope = self.caller(&request).await?;
-        let request = request.into_inner();
-        reply(
-            self.service
-                .set_task_tags(scope, &request.task_id, request.tags)
-                .await,
-        )
+        self.edit_tags(request, TagEdit::Replace).await
     }
 
     async fn delete_task_tags(&self, request: Request<proto::TaskTagsRequest>) -> TaskResult {
-        let scope = self.caller(&request).await?;
-        let request = request.into_inner();
-        reply(
-            self.service
-                .delete_task_tags(scope, &request.task_id, request.tags)
-                .await,
-        )
+        self.edit_tags(request, TagEdit::Remove).await
     }
 
     async fn audit_task(&self, request: Request<proto::AuditTaskRequest>) -> TaskResult {

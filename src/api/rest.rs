@@ -16,7 +16,7 @@ use super::rest_json;
 use crate::{
     domain::{parse_bool, ListQuery, PageToken, Scope, TaskStatus, TimeRange, Timestamp},
     error::{Error, Result},
-    service::{tags_from_json, Service},
+    service::{tags_from_json, Service, TagEdit},
 };
 
 type AppState = Arc<Service>;
@@ -216,8 +216,16 @@ async fn delete_task_unique_id(
     task_response(service.delete_task_unique_id(scope, &task_id).await)
 }
 
-async fn read_tags(headers: &HeaderMap, body: Body) -> Result<Vec<String>> {
-    tags_from_json(read_body(headers, body, Value::Array(Vec::new()), false)?)
+async fn edit_task_tags(
+    service: &Service,
+    scope: Scope,
+    task_id: &str,
+    edit: TagEdit,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let tags = tags_from_json(read_body(headers, body, Value::Array(Vec::new()), false)?)?;
+    task_response(service.edit_task_tags(scope, task_id, edit, tags).await)
 }
 
 async fn add_task_tags(
@@ -227,8 +235,7 @@ async fn add_task_tags(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
-    let tags = read_tags(&headers, body).await?;
-    task_response(service.add_task_tags(scope, &task_id, tags).await)
+    edit_task_tags(&service, scope, &task_id, TagEdit::Add, &headers, body).await
 }
 
 async fn set_task_tags(
@@ -238,8 +245,7 @@ async fn set_task_tags(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
-    let tags = read_tags(&headers, body).await?;
-    task_response(service.set_task_tags(scope, &task_id, tags).await)
+    edit_task_tags(&service, scope, &task_id, TagEdit::Replace, &headers, body).await
 }
 
 async fn delete_task_tags(
@@ -249,8 +255,7 @@ async fn delete_task_tags(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
-    let tags = read_tags(&headers, body).await?;
-    task_response(service.delete_task_tags(scope, &task_id, tags).await)
+    edit_task_tags(&service, scope, &task_id, TagEdit::Remove, &headers, body).await
 }
 
 async fn audit_task(

@@ -6,7 +6,7 @@ mod tasks;
 
 pub use auth::{credential_from_authorization, generate_api_key};
 pub use idempotency::Created;
-pub use tasks::{tags_from_json, TaskPage};
+pub use tasks::{tags_from_json, TagEdit, TaskPage};
 
 use std::time::Duration;
 

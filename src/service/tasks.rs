@@ -14,6 +14,14 @@ use crate::{
 const DEFAULT_PAGE_SIZE: i64 = 100;
 const MAX_PAGE_SIZE: i64 = 100;
 
+/// What a tag request does with its list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TagEdit {
+    Add,
+    Replace,
+    Remove,
+}
+
 /// One page of a task list.
 #[derive(Debug, Clone)]
 pub struct TaskPage {
@@ -233,55 +241,36 @@ impl Service {
         .await
     }
 
-    /// Appends the tags the task does not have yet, keeping their order.
-    pub async fn add_task_tags(
+    /// Adds (duplicates ignored, order kept), replaces or removes tags. A list with an invalid
+    /// tag changes nothing.
+    pub async fn edit_task_tags(
         &self,
         scope: Scope,
         task_id: &str,
+        edit: TagEdit,
         tags: Vec<String>,
     ) -> Result<Task> {
         let tags = self.check_tags(tags)?;
         let max_tags = self.limits.max_tags;
         self.mutate_task(scope, task_id, |task| {
-            let mut merged = task.tags.clone().unwrap_or_default();
-            for tag in tags {
-                if !merged.contains(&tag) {
-                    merged.push(tag);
+            match edit {
+                TagEdit::Add => {
+                    let current = task.tags.get_or_insert_with(Vec::new);
+                    for tag in tags {
+                        if !current.contains(&tag) {
+                            current.push(tag);
+                        }
+                    }
+                    if current.len() > max_tags {
+                        return Err(too_many_tags(max_tags));
+                    }
                 }
-            }
-            if merged.len() > max_tags {
-                return Err(too_many_tags(max_tags));
-            }
-            task.tags = Some(merged);
-            Ok(())
-        })
-        .await
-    }
-
-    pub async fn set_task_tags(
-        &self,
-        scope: Scope,
-        task_id: &str,
-        tags: Vec<String>,
-    ) -> Result<Task> {
-        let tags = self.check_tags(tags)?;
-        self.mutate_task(scope, task_id, |task| {
-            task.tags = Some(tags);
-            Ok(())
-        })
-        .await
-    }
-
-    pub async fn delete_task_tags(
-        &self,
-        scope: Scope,
-        task_id: &str,
-        tags: Vec<String>,
-    ) -> Result<Task> {
-        let tags = self.check_tags(tags)?;
-        self.mutate_task(scope, task_id, |task| {
-            if let Some(current) = task.tags.as_mut() {
-                current.retain(|tag| !tags.contains(tag));
+                TagEdit::Replace => task.tags = Some(tags),
+                TagEdit::Remove => {
+                    if let Some(current) = task.tags.as_mut() {
+                        current.retain(|tag| !tags.contains(tag));
+                    }
+                }
             }
             Ok(())
         })
