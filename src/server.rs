@@ -13,7 +13,10 @@ use axum::{
 use serde_json::json;
 use tokio::net::TcpListener;
 use tonic_web::GrpcWebLayer;
-use tower_http::cors::{AllowHeaders, Any, CorsLayer};
+use tower_http::{
+    cors::{AllowHeaders, Any, CorsLayer},
+    trace::TraceLayer,
+};
 
 use crate::{
     api::{grpc::GrpcTasks, rest},
@@ -107,6 +110,7 @@ impl App {
             .nest("/v1", rest)
             .fallback(rest::not_found)
             .layer(middleware::from_fn(telemetry::record_request))
+            .layer(TraceLayer::new_for_http())
             .layer(cors))
     }
 

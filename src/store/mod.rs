@@ -10,7 +10,10 @@ pub use idempotency::{IdempotencyClaim, StoredOutcome};
 use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
+use sea_orm::{
+    sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
+};
 
 use crate::error::{Error, Result};
 
@@ -29,21 +32,21 @@ impl Store {
         if database_url.starts_with("sqlite:") {
             // One connection serialises SQLite writers: no SQLITE_BUSY on lock upgrades, and a
             // transaction sees exactly what it wrote. The scale-out backend is PostgreSQL.
-            options.max_connections(1).min_connections(1);
+            options
+                .max_connections(1)
+                .min_connections(1)
+                .map_sqlx_sqlite_opts(|sqlite| {
+                    // Per connection, so a recycled connection keeps them.
+                    sqlite
+                        .journal_mode(SqliteJournalMode::Wal)
+                        .synchronous(SqliteSynchronous::Normal)
+                        .foreign_keys(true)
+                        .busy_timeout(Duration::from_secs(5))
+                });
         } else {
             options.max_connections(32).min_connections(1);
         }
         let db = Database::connect(options).await?;
-        if db.get_database_backend() == DbBackend::Sqlite {
-            for pragma in [
-                "PRAGMA journal_mode = WAL",
-                "PRAGMA synchronous = NORMAL",
-                "PRAGMA foreign_keys = ON",
-                "PRAGMA busy_timeout = 5000",
-            ] {
-                db.execute_unprepared(pragma).await?;
-            }
-        }
         Ok(Store { db })
     }
 
