@@ -143,6 +143,22 @@ impl Service {
                 "Parameter 'limit' must be between 1 and {MAX_PAGE_SIZE}."
             )));
         }
+        let filter = &query.filter;
+        for (name, values) in [
+            ("type", filter.task_type.as_slice()),
+            ("project", filter.project.as_slice()),
+            ("batch", filter.batch.as_slice()),
+            ("unique_id", filter.unique_ids.as_slice()),
+            ("tags", filter.tags.as_slice()),
+            (
+                "customer_review_status",
+                filter.customer_review_statuses.as_slice(),
+            ),
+        ] {
+            for value in values {
+                check_text(name, value)?;
+            }
+        }
         if let Some(task_type) = &query.filter.task_type {
             if TaskType::parse(task_type).is_none() {
                 return Err(Error::invalid(format!(
@@ -337,6 +353,7 @@ impl Service {
     }
 
     fn check_unique_id(&self, unique_id: String) -> Result<String> {
+        check_text("unique_id", &unique_id)?;
         if unique_id.trim().is_empty() {
             return Err(Error::invalid("Parameter 'unique_id' must not be empty."));
         }
@@ -356,6 +373,7 @@ impl Service {
             if tag.trim().is_empty() {
                 return Err(Error::invalid("Tags must be non-empty strings."));
             }
+            check_text("tags", &tag)?;
             if tag.chars().count() > self.limits.max_tag_chars {
                 return Err(Error::invalid(format!(
                     "Each tag must be at most {} characters.",
@@ -396,10 +414,24 @@ fn parse_task_id(task_id: &str) -> Result<TaskId> {
     TaskId::parse(task_id).ok_or_else(Error::task_not_found)
 }
 
+/// Text stored in its own column must hold no NUL: PostgreSQL cannot store one, and no
+/// legitimate name, id or instruction needs it. (JSON fields keep NULs, escaped.)
+fn check_text<'a>(name: &str, text: &'a str) -> Result<&'a str> {
+    if text.contains('\0') {
+        return Err(Error::invalid(format!(
+            "Parameter '{name}' must not contain NUL characters."
+        )));
+    }
+    Ok(text)
+}
+
 fn take_string(fields: &mut Map<String, Value>, name: &str) -> Result<Option<String>> {
     match fields.remove(name) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(text)) => Ok(Some(text)),
+        Some(Value::String(text)) => {
+            check_text(name, &text)?;
+            Ok(Some(text))
+        }
         Some(_) => Err(Error::invalid(format!(
             "Parameter '{name}' must be a string."
         ))),

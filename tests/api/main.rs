@@ -5,6 +5,7 @@ mod helpers;
 
 mod grpc;
 mod grpc_web;
+mod hostile;
 mod idempotency;
 mod limits;
 mod process;

@@ -1,0 +1,146 @@
+//! Hostile input never makes the server answer 5xx: every refusal is a 4xx with the JSON error body.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::{backend_tests, helpers::TestApp};
+
+/// Sends raw bytes and checks the answer is a well-formed 4xx error (or a 200).
+async fn assert_no_server_error(app: &TestApp, method: Method, path: &str, body: Vec<u8>) {
+    let response = app
+        .request(method.clone(), path)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("request sent");
+    let status = response.status();
+    let text = response.text().await.expect("body");
+    assert!(
+        !status.is_server_error(),
+        "{method} {path} answered {status}: {text}"
+    );
+    if !status.is_success() {
+        let error: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("{method} {path}: error body is not JSON: {text}"));
+        assert_eq!(error["status_code"], status.as_u16(), "{text}");
+        assert!(error["error"].is_string(), "{text}");
+    }
+}
+
+fn hostile_values() -> Vec<Value> {
+    let mut deep = json!("x");
+    for _ in 0..200 {
+        deep = json!([deep]);
+    }
+    vec![
+        json!("nul \u{0000} inside"),
+        json!("\u{0000}"),
+        json!(""),
+        json!(" "),
+        json!("x".repeat(70_000)),
+        json!(-1),
+        json!(1.5e300),
+        json!(true),
+        json!(null),
+        json!([]),
+        json!([null, 1, {"a": "\u{0000}"}]),
+        json!({}),
+        json!({"\u{0000}": "\u{0000}"}),
+        deep,
+    ]
+}
+
+async fn hostile_creation_fields_never_cause_a_server_error(app: TestApp) {
+    let base = json!({
+        "instruction": "label",
+        "attachment": "https://e.com/a.png",
+        "geometries": {"box": {"objects_to_annotate": ["car"]}},
+    });
+    for field in [
+        "instruction",
+        "attachment",
+        "attachment_type",
+        "geometries",
+        "callback_url",
+        "metadata",
+        "unique_id",
+        "tags",
+        "project",
+        "batch",
+        "clear_unique_id_on_error",
+    ] {
+        for value in hostile_values() {
+            let mut body = base.clone();
+            body[field] = value;
+            let bytes = serde_json::to_vec(&body).expect("json");
+            assert_no_server_error(&app, Method::POST, "/v1/task/imageannotation", bytes).await;
+        }
+    }
+}
+
+async fn hostile_bodies_never_cause_a_server_error(app: TestApp) {
+    let (status, task) = app.create_image_task(json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{task}");
+    let id = task["task_id"].as_str().expect("task_id").to_owned();
+    let mut nested = String::new();
+    for _ in 0..10_000 {
+        nested.push('[');
+    }
+    let bodies: Vec<Vec<u8>> = vec![
+        b"{".to_vec(),
+        b"\xff\xfe\x00garbage".to_vec(),
+        b"null".to_vec(),
+        b"123".to_vec(),
+        b"\"text\"".to_vec(),
+        nested.into_bytes(),
+        br#"{"unique_id": "\u0000"}"#.to_vec(),
+        br#"["\u0000", "a"]"#.to_vec(),
+        br#"{"accepted": "\u0000", "comments": 5}"#.to_vec(),
+    ];
+    let endpoints = [
+        (Method::POST, "/v1/task/imageannotation".to_owned()),
+        (Method::POST, format!("/v1/task/{id}/setMetadata")),
+        (Method::POST, format!("/v1/task/{id}/unique_id")),
+        (Method::PUT, format!("/v1/task/{id}/tags")),
+        (Method::POST, format!("/v1/task/{id}/tags")),
+        (Method::DELETE, format!("/v1/task/{id}/tags")),
+        (Method::POST, format!("/v1/task/{id}/audit")),
+        (Method::POST, format!("/v1/task/{id}/cancel")),
+    ];
+    for (method, path) in &endpoints {
+        for body in &bodies {
+            assert_no_server_error(&app, method.clone(), path, body.clone()).await;
+        }
+    }
+}
+
+async fn hostile_paths_and_queries_never_cause_a_server_error(app: TestApp) {
+    let long = "a".repeat(10_000);
+    let paths = [
+        "/v1/task/%00".to_owned(),
+        "/v1/task/%ff%fe".to_owned(),
+        format!("/v1/task/{long}"),
+        "/v1/task/000000000000000000000000/cancel?clear_unique_id=%00".to_owned(),
+        "/v1/tasks?unique_id=%00&tags=%00&project=%00&batch=%00&type=%00".to_owned(),
+        "/v1/tasks?customer_review_status=%00,%ff".to_owned(),
+        "/v1/tasks?limit=-1".to_owned(),
+        "/v1/tasks?limit=99999999999999999999999".to_owned(),
+        "/v1/tasks?next_token=%00".to_owned(),
+        "/v1/tasks?start_time=99999-01-01".to_owned(),
+        "/v1/tasks?start_time=2021-02-30".to_owned(),
+        "/v1/tasks?updated_before=%ff%fe".to_owned(),
+        format!("/v1/tasks?tags={long}&unique_id={long}"),
+        "/v1/tasks?status=PENDING&status=%00".to_owned(),
+    ];
+    for path in &paths {
+        assert_no_server_error(&app, Method::GET, path, Vec::new()).await;
+        assert_no_server_error(&app, Method::POST, path, Vec::new()).await;
+    }
+}
+
+backend_tests!(
+    hostile_creation_fields_never_cause_a_server_error,
+    hostile_bodies_never_cause_a_server_error,
+    hostile_paths_and_queries_never_cause_a_server_error,
+);
