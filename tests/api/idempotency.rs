@@ -424,7 +424,7 @@ async fn keys_expire_after_their_ttl_and_are_swept(backend: Backend) {
     assert_eq!(total_tasks(&app).await, 2);
 
     // The background sweeper removes expired rows on its own.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
     assert_eq!(
         app.service
             .sweep_expired_idempotency_keys()
