@@ -2024,7 +2024,55 @@ async fn grpcurl_can_describe_and_call_get_task_through_reflection(app: TestApp)
     assert!(stderr.contains("Unauthenticated"), "{stderr}");
 }
 
+async fn a_test_world_task_is_completed_cannot_be_canceled_and_can_be_audited(app: TestApp) {
+    let test_key = app.new_account_key(true).await;
+    let mut client = app.grpc().await;
+    let task = client
+        .create_task(grpc_request_as(&test_key, image_task_request()))
+        .await
+        .expect("CreateTask succeeds")
+        .into_inner();
+    assert_eq!(task.status, proto::TaskStatus::Completed as i32);
+    assert!(task.is_test);
+    assert!(task.completed_at.is_some());
+    assert!(task.response.as_ref().is_some_and(|r| !r.fields.is_empty()));
+
+    let status = assert_code(
+        client
+            .cancel_task(grpc_request_as(
+                &test_key,
+                CancelTaskRequest {
+                    task_id: task.task_id.clone(),
+                    clear_unique_id: false,
+                },
+            ))
+            .await,
+        Code::FailedPrecondition,
+    );
+    assert_eq!(
+        status.message(),
+        "The task was already completed and cannot be canceled."
+    );
+
+    let audited = client
+        .audit_task(grpc_request_as(
+            &test_key,
+            AuditTaskRequest {
+                task_id: task.task_id.clone(),
+                accepted: false,
+                comments: Some("boxes too loose".to_owned()),
+            },
+        ))
+        .await
+        .expect("AuditTask succeeds")
+        .into_inner();
+    assert_eq!(audited.audits.len(), 1);
+    assert!(!audited.audits[0].accepted);
+    assert_eq!(audited.customer_review_status.as_deref(), Some("rejected"));
+}
+
 backend_tests!(
+    a_test_world_task_is_completed_cannot_be_canceled_and_can_be_audited,
     create_task_returns_a_pending_task_with_every_given_field,
     create_task_without_metadata_gives_an_empty_metadata_object_and_no_unique_id,
     get_task_returns_the_task_as_created,
