@@ -10,13 +10,24 @@ use axum::{
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
-/// Logs go to stderr (stdout carries the CLI's output, e.g. a new API key).
+/// Logs go to stderr (stdout carries the CLI's output, e.g. a new API key), as JSON lines when
+/// `ANNOTASK_LOG_FORMAT=json`, else as text (coloured only on a terminal).
 pub fn init_tracing() {
+    use std::io::IsTerminal;
+
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let installed = if std::env::var("ANNOTASK_LOG_FORMAT").is_ok_and(|format| format == "json") {
+        builder.json().try_init()
+    } else {
+        builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init()
+    };
+    // Already installed (tests embed several servers in one process): keep the first.
+    drop(installed);
 }
 
 static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
