@@ -39,7 +39,8 @@ impl Store {
                     // Per connection, so a recycled connection keeps them.
                     sqlite
                         .journal_mode(SqliteJournalMode::Wal)
-                        .synchronous(SqliteSynchronous::Normal)
+                        // FULL: an acknowledged task survives a power loss, not just a crash.
+                        .synchronous(SqliteSynchronous::Full)
                         .foreign_keys(true)
                         .busy_timeout(Duration::from_secs(5))
                 });
