@@ -35,7 +35,8 @@ pub struct TaskPage {
 
 impl Service {
     /// Validates a creation request (the REST body, or the gRPC request rebuilt into the same
-    /// shape) into a new pending task. Fields that are not common to every type become `params`.
+    /// shape) into a new task: pending, or completed at once in the test world. Fields that are
+    /// not common to every type become `params`.
     pub(super) fn prepare_task(
         &self,
         scope: Scope,
