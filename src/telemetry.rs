@@ -47,24 +47,40 @@ pub fn prometheus() -> Option<&'static PrometheusHandle> {
 
 /// Counts requests and their latency by route (not by raw path, which would be unbounded).
 pub async fn record_request(request: Request, next: Next) -> Response {
-    let route = request
+    let matched = request
         .extensions()
         .get::<MatchedPath>()
-        .map(|path| path.as_str().to_owned())
-        .unwrap_or_else(|| {
-            let path = request.uri().path();
-            if path.starts_with("/annotask.") || path.starts_with("/grpc.") {
-                path.to_owned()
-            } else {
-                "unmatched".to_owned()
-            }
-        });
+        .map(|path| path.as_str().to_owned());
+    let path = request.uri().path().to_owned();
     let method = request.method().as_str().to_owned();
     let started = Instant::now();
     let response = next.run(request).await;
+    let route = route_label(matched, path, &response);
     let status = response.status().as_u16().to_string();
     metrics::counter!("annotask_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);
     metrics::histogram!("annotask_http_request_duration_seconds", "method" => method, "route" => route)
         .record(started.elapsed().as_secs_f64());
     response
+}
+
+/// gRPC services match as `/{service}/{*rest}`: name the method too, unless tonic answered
+/// UNIMPLEMENTED or refused the request, so labels stay bounded by the services' real methods.
+fn route_label(matched: Option<String>, path: String, response: &Response) -> String {
+    const UNIMPLEMENTED: &str = "12";
+    match matched {
+        Some(route) if route.ends_with("/{*rest}") => {
+            let unknown_method = !response.status().is_success()
+                || response
+                    .headers()
+                    .get("grpc-status")
+                    .is_some_and(|status| status == UNIMPLEMENTED);
+            if unknown_method {
+                route
+            } else {
+                path
+            }
+        }
+        Some(route) => route,
+        None => "unmatched".to_owned(),
+    }
 }
