@@ -2,17 +2,53 @@
 
 use serde_json::{json, Map, Value};
 
+/// What JSON a required field must hold; any of them must also be non-empty.
+#[derive(Debug, Clone, Copy)]
+enum Shape {
+    /// A string, e.g. an attachment URL.
+    Text,
+    /// An array.
+    List,
+    /// An object, e.g. `geometries`.
+    Object,
+    /// An array or an object (Scale documents both forms of `fields`).
+    ListOrObject,
+}
+
+impl Shape {
+    fn accepts(self, value: &Value) -> bool {
+        match self {
+            Shape::Text => value.is_string(),
+            Shape::List => value.is_array(),
+            Shape::Object => value.is_object(),
+            Shape::ListOrObject => value.is_array() || value.is_object(),
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Shape::Text => "a string",
+            Shape::List => "an array",
+            Shape::Object => "an object",
+            Shape::ListOrObject => "an array or an object",
+        }
+    }
+}
+
+/// A non-blank string, or a non-empty array or object.
+fn is_filled(value: &Value) -> bool {
+    match value {
+        Value::String(text) => !text.trim().is_empty(),
+        Value::Array(items) => !items.is_empty(),
+        Value::Object(map) => !map.is_empty(),
+        _ => false,
+    }
+}
+
 /// A field a task type cannot be created without.
 #[derive(Debug, Clone, Copy)]
 enum Required {
-    /// A non-empty string, e.g. an attachment URL.
-    Text(&'static str),
-    /// A non-empty JSON array.
-    List(&'static str),
-    /// A non-empty JSON object, e.g. `geometries`.
-    Object(&'static str),
-    /// A non-empty JSON array or object (Scale documents both forms of `fields`).
-    ListOrObject(&'static str),
+    Field(&'static str, Shape),
     /// At least one of these, as a non-empty string or array.
     OneOf(&'static [&'static str]),
 }
@@ -37,19 +73,30 @@ struct Rules {
     answer: Answer,
 }
 
-const ATTACHMENT: Required = Required::Text("attachment");
-const ATTACHMENTS: Required = Required::List("attachments");
+const ATTACHMENT: Required = text("attachment");
+const ATTACHMENTS: Required = list("attachments");
 const VIDEO: Required = Required::OneOf(&["attachments", "attachment"]);
 
 use Answer::{Annotations, Category, Choice, Entities, Fields, Messages, Transcription};
-use Required::{List, ListOrObject, Object, Text};
+const fn text(field: &'static str) -> Required {
+    Required::Field(field, Shape::Text)
+}
+const fn list(field: &'static str) -> Required {
+    Required::Field(field, Shape::List)
+}
+const fn object(field: &'static str) -> Required {
+    Required::Field(field, Shape::Object)
+}
+const fn list_or_object(field: &'static str) -> Required {
+    Required::Field(field, Shape::ListOrObject)
+}
 
 /// Every value of the Scale Python client's `TaskType`.
 static RULES: &[Rules] = &[
     rule("annotation", &[ATTACHMENT], false, Annotations),
     rule(
         "categorization",
-        &[ATTACHMENT, List("categories")],
+        &[ATTACHMENT, list("categories")],
         true,
         Category,
     ),
@@ -60,7 +107,7 @@ static RULES: &[Rules] = &[
     rule("documenttranscription", &[ATTACHMENT], false, Transcription),
     rule(
         "imageannotation",
-        &[ATTACHMENT, Object("geometries")],
+        &[ATTACHMENT, object("geometries")],
         false,
         Annotations,
     ),
@@ -72,7 +119,7 @@ static RULES: &[Rules] = &[
     rule("lineannotation", &[ATTACHMENT], false, Annotations),
     rule(
         "namedentityrecognition",
-        &[Text("text"), List("labels")],
+        &[text("text"), list("labels")],
         true,
         Entities,
     ),
@@ -82,7 +129,7 @@ static RULES: &[Rules] = &[
     rule("transcription", &[ATTACHMENT], true, Transcription),
     rule(
         "textcollection",
-        &[ATTACHMENTS, ListOrObject("fields")],
+        &[ATTACHMENTS, list_or_object("fields")],
         true,
         Fields,
     ),
@@ -150,44 +197,19 @@ impl TaskType {
     pub fn check_params(self, params: &Map<String, Value>) -> Result<(), String> {
         for required in self.0.required {
             match *required {
-                Required::Text(field) => match params.get(field) {
-                    Some(Value::String(text)) if !text.trim().is_empty() => {}
-                    Some(Value::String(_)) | None | Some(Value::Null) => {
-                        return Err(missing(self, field))
+                Required::Field(field, shape) => match params.get(field) {
+                    None | Some(Value::Null) => return Err(missing(self, field)),
+                    Some(value) if !shape.accepts(value) => {
+                        return Err(format!("Parameter '{field}' must be {}.", shape.describe()))
                     }
-                    Some(_) => return Err(format!("Parameter '{field}' must be a string.")),
-                },
-                Required::List(field) => match params.get(field) {
-                    Some(Value::Array(items)) if !items.is_empty() => {}
-                    Some(Value::Array(_)) | None | Some(Value::Null) => {
-                        return Err(missing(self, field))
-                    }
-                    Some(_) => return Err(format!("Parameter '{field}' must be an array.")),
-                },
-                Required::Object(field) => match params.get(field) {
-                    Some(Value::Object(map)) if !map.is_empty() => {}
-                    Some(Value::Object(_)) | None | Some(Value::Null) => {
-                        return Err(missing(self, field))
-                    }
-                    Some(_) => return Err(format!("Parameter '{field}' must be an object.")),
-                },
-                Required::ListOrObject(field) => match params.get(field) {
-                    Some(Value::Array(items)) if !items.is_empty() => {}
-                    Some(Value::Object(map)) if !map.is_empty() => {}
-                    Some(Value::Array(_) | Value::Object(_)) | None | Some(Value::Null) => {
-                        return Err(missing(self, field))
-                    }
-                    Some(_) => {
-                        return Err(format!(
-                            "Parameter '{field}' must be an array or an object."
-                        ))
-                    }
+                    Some(value) if !is_filled(value) => return Err(missing(self, field)),
+                    Some(_) => {}
                 },
                 Required::OneOf(fields) => {
-                    let present = fields.iter().any(|field| match params.get(*field) {
-                        Some(Value::String(text)) => !text.trim().is_empty(),
-                        Some(Value::Array(items)) => !items.is_empty(),
-                        _ => false,
+                    let present = fields.iter().any(|field| {
+                        params
+                            .get(*field)
+                            .is_some_and(|value| !value.is_object() && is_filled(value))
                     });
                     if !present {
                         return Err(format!(
@@ -203,11 +225,12 @@ impl TaskType {
                 }
             }
         }
-        for (field, expected) in [("attachment", "a string"), ("attachment_type", "a string")] {
-            if let Some(value) = params.get(field) {
-                if !value.is_string() && !value.is_null() {
-                    return Err(format!("Parameter '{field}' must be {expected}."));
-                }
+        for field in ["attachment", "attachment_type"] {
+            if params
+                .get(field)
+                .is_some_and(|v| !v.is_string() && !v.is_null())
+            {
+                return Err(format!("Parameter '{field}' must be a string."));
             }
         }
         Ok(())
