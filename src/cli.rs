@@ -1,10 +1,15 @@
-//! `annotask serve | migrate | api-keys create`.
+//! `annotask serve | migrate | api-keys create`: the command line and what each command does.
 
-use std::net::SocketAddr;
+use std::{io, net::SocketAddr};
 
 use clap::{Args, Parser, Subcommand};
+use tokio::net::TcpListener;
 
-use crate::config::{Config, Limits};
+use crate::{
+    config::{Config, Limits},
+    server::{App, BoxError},
+    telemetry,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -79,4 +84,68 @@ pub enum ApiKeysCommand {
         #[command(flatten)]
         database: DatabaseArgs,
     },
+}
+
+/// Runs one command to its end.
+pub async fn run(cli: Cli) -> Result<(), BoxError> {
+    match cli.command {
+        Command::Serve(args) => {
+            let listen: SocketAddr = args.listen;
+            let app = App::open(args.config()).await?;
+            if let Some(key) = app.service.bootstrap_default_account().await? {
+                // Printed once, to stdout only: keys are never logged.
+                println!("annotask: created account 'default' with API key:");
+                println!("{key}");
+            }
+            telemetry::prometheus();
+            let listener = TcpListener::bind(listen).await.map_err(|err| {
+                io::Error::new(err.kind(), format!("cannot listen on {listen}: {err}"))
+            })?;
+            app.serve(listener, shutdown_signal()).await
+        }
+        Command::Migrate(args) => {
+            App::open(Config::new(args.database_url)).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::ApiKeys(ApiKeysCommand::Create {
+            account,
+            test,
+            database,
+        }) => {
+            let app = App::open(Config::new(database.database_url)).await?;
+            let key = app.service.create_api_key(&account, test).await?;
+            println!("{key}");
+            Ok(())
+        }
+    }
+}
+
+/// SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %err, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown signal received; finishing in-flight requests");
 }

@@ -1,9 +1,8 @@
-//! The one error type of the domain, mapped once to HTTP and once to gRPC.
+//! The one error type of the domain and its stable reasons. It knows no transport: REST maps
+//! it to HTTP in `api/rest/error.rs`, gRPC to a status in `api/grpc/error.rs`, and the store
+//! translates database errors into it in `store/error.rs`.
 
 use std::collections::HashMap;
-
-use axum::http::StatusCode;
-use tonic::Code;
 
 /// Serializable so an idempotent creation can store and replay the error it answered with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
@@ -51,33 +50,6 @@ impl Error {
         Error::NotFound("No task found with that task_id.".to_owned())
     }
 
-    pub fn http_status(&self) -> StatusCode {
-        match self {
-            Error::InvalidArgument(_) | Error::FailedPrecondition(_) => StatusCode::BAD_REQUEST,
-            Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            Error::NotFound(_) => StatusCode::NOT_FOUND,
-            Error::UniqueIdConflict { .. } | Error::IdempotencyConflict(_) => StatusCode::CONFLICT,
-            Error::IdempotencyInFlight => StatusCode::TOO_MANY_REQUESTS,
-            Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    pub fn grpc_code(&self) -> Code {
-        match self {
-            Error::InvalidArgument(_) => Code::InvalidArgument,
-            Error::FailedPrecondition(_) => Code::FailedPrecondition,
-            Error::Unauthenticated(_) => Code::Unauthenticated,
-            Error::NotFound(_) => Code::NotFound,
-            Error::UniqueIdConflict { .. } => Code::AlreadyExists,
-            Error::IdempotencyConflict(_) => Code::Aborted,
-            Error::IdempotencyInFlight | Error::PayloadTooLarge(_) => Code::ResourceExhausted,
-            Error::Unavailable => Code::Unavailable,
-            Error::Internal => Code::Internal,
-        }
-    }
-
     /// Stable machine-readable reason, sent as `google.rpc.ErrorInfo.reason`.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -102,22 +74,6 @@ impl Error {
                 ("conflicting_task_id".to_owned(), task_id.clone()),
             ]),
             _ => HashMap::new(),
-        }
-    }
-}
-
-impl From<sea_orm::DbErr> for Error {
-    fn from(err: sea_orm::DbErr) -> Self {
-        use sea_orm::DbErr;
-        match err {
-            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => {
-                tracing::warn!(error = %err, "database unavailable");
-                Error::Unavailable
-            }
-            other => {
-                tracing::error!(error = %other, "database error");
-                Error::Internal
-            }
         }
     }
 }

@@ -6,7 +6,7 @@ use clap::Parser;
 async fn main() -> ExitCode {
     annotask::telemetry::init_tracing();
     let cli = annotask::cli::Cli::parse();
-    match annotask::server::run_cli(cli).await {
+    match annotask::cli::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("annotask: {err}");

@@ -1,16 +1,13 @@
-//! One listener: gRPC (+ health, reflection), grpc-web and REST, over one service.
+//! One listener: gRPC (+ health, reflection), grpc-web and REST over one service, with the
+//! background jobs started beside it and stopped with it.
 
-use std::{future::Future, io, net::SocketAddr, sync::Arc};
+use std::{future::Future, sync::Arc};
 
 use axum::{
-    extract::{DefaultBodyLimit, State},
-    http::{header, HeaderName, StatusCode},
-    middleware,
-    response::{IntoResponse, Response},
-    routing::get,
-    Json, Router,
+    extract::DefaultBodyLimit,
+    http::{header, HeaderName},
+    middleware, Router,
 };
-use serde_json::json;
 use tokio::net::TcpListener;
 use tonic_web::GrpcWebLayer;
 use tower_http::{
@@ -19,9 +16,9 @@ use tower_http::{
 };
 
 use crate::{
-    api::{grpc::GrpcTasks, rest},
-    cli::{ApiKeysCommand, Cli, Command},
+    api::{grpc, rest},
     config::Config,
+    jobs::Jobs,
     proto::{task_service_server::TaskServiceServer, FILE_DESCRIPTOR_SET},
     service::Service,
     store::Store,
@@ -52,11 +49,11 @@ impl App {
 
     pub async fn router(&self) -> Result<Router, BoxError> {
         let max_body = self.config.limits.max_body_bytes;
-        let tasks = TaskServiceServer::new(GrpcTasks::new(self.service.clone()))
+        let tasks = TaskServiceServer::new(grpc::GrpcTasks::new(self.service.clone()))
             .max_decoding_message_size(max_body);
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter
-            .set_serving::<TaskServiceServer<GrpcTasks>>()
+            .set_serving::<TaskServiceServer<grpc::GrpcTasks>>()
             .await;
         // Each reflection version lists itself; registering the other version's descriptors
         // (and health's) lets any grpcurl build see every service.
@@ -80,17 +77,13 @@ impl App {
             .add_service(reflection_v1alpha)
             .into_axum_router()
             .layer(middleware::map_response(
-                oversized_message_is_resource_exhausted,
+                grpc::oversized_message_is_resource_exhausted,
             ))
             .layer(GrpcWebLayer::new())
             // Without this, an unknown REST path would get tonic's gRPC fallback (400).
             .reset_fallback();
 
-        let rest = rest::router(self.service.clone()).layer(DefaultBodyLimit::max(max_body));
-        let ops = Router::new()
-            .route("/healthz", get(healthz))
-            .route("/metrics", get(metrics))
-            .with_state(self.service.clone());
+        let v1 = rest::v1_router(self.service.clone()).layer(DefaultBodyLimit::max(max_body));
 
         let cors = CorsLayer::new()
             .allow_origin(Any)
@@ -106,8 +99,8 @@ impl App {
             ]);
 
         Ok(grpc
-            .merge(ops)
-            .nest("/v1", rest)
+            .merge(rest::ops_router(self.service.clone()))
+            .nest("/v1", v1)
             .fallback(rest::not_found)
             .layer(middleware::from_fn(telemetry::record_request))
             .layer(TraceLayer::new_for_http())
@@ -122,10 +115,7 @@ impl App {
     ) -> Result<(), BoxError> {
         let router = self.router().await?;
         let addr = listener.local_addr()?;
-        let sweeper = tokio::spawn(sweep_idempotency_keys(
-            self.service.clone(),
-            self.config.sweep_interval,
-        ));
+        let jobs = Jobs::start(&self.service, &self.config);
         tracing::info!(%addr, "serving gRPC, grpc-web and REST");
         let stopping = Arc::new(tokio::sync::Notify::new());
         let signalled = stopping.clone();
@@ -146,126 +136,10 @@ impl App {
                 Ok(())
             }
         };
-        sweeper.abort();
+        jobs.stop().await;
         self.service.close().await;
         outcome?;
         tracing::info!("stopped");
         Ok(())
-    }
-}
-
-/// tonic answers a message over `max_decoding_message_size` with `OUT_OF_RANGE`; the API
-/// promises `RESOURCE_EXHAUSTED` (REST's 413). No handler of ours returns `OUT_OF_RANGE`.
-async fn oversized_message_is_resource_exhausted(mut response: Response) -> Response {
-    const OUT_OF_RANGE: &str = "11";
-    let grpc_status = HeaderName::from_static("grpc-status");
-    if response
-        .headers()
-        .get(&grpc_status)
-        .is_some_and(|status| status == OUT_OF_RANGE)
-    {
-        let resource_exhausted = i32::from(tonic::Code::ResourceExhausted).to_string();
-        if let Ok(value) = resource_exhausted.parse() {
-            response.headers_mut().insert(grpc_status, value);
-        }
-    }
-    response
-}
-
-/// Deletes expired idempotency keys now and then, so the table does not grow without end.
-async fn sweep_idempotency_keys(service: Arc<Service>, every: std::time::Duration) {
-    let mut ticker = tokio::time::interval(every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        match service.sweep_expired_idempotency_keys().await {
-            Ok(0) => {}
-            Ok(deleted) => tracing::info!(deleted, "expired idempotency keys swept"),
-            Err(err) => tracing::warn!(error = %err, "idempotency key sweep failed"),
-        }
-    }
-}
-
-async fn healthz(State(service): State<Arc<Service>>) -> Response {
-    match service.health().await {
-        Ok(()) => Json(json!({"status": "ok"})).into_response(),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unavailable"})),
-        )
-            .into_response(),
-    }
-}
-
-async fn metrics() -> Response {
-    match telemetry::prometheus() {
-        Some(handle) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            handle.render(),
-        )
-            .into_response(),
-        None => (StatusCode::SERVICE_UNAVAILABLE, "metrics unavailable\n").into_response(),
-    }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(err) = tokio::signal::ctrl_c().await {
-            tracing::warn!(error = %err, "cannot listen for ctrl-c");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
-    tracing::info!("shutdown signal received; finishing in-flight requests");
-}
-
-pub async fn run_cli(cli: Cli) -> Result<(), BoxError> {
-    match cli.command {
-        Command::Serve(args) => {
-            let listen: SocketAddr = args.listen;
-            let app = App::open(args.config()).await?;
-            if let Some(key) = app.service.bootstrap_default_account().await? {
-                // Printed once, to stdout only: keys are never logged.
-                println!("annotask: created account 'default' with API key:");
-                println!("{key}");
-            }
-            telemetry::prometheus();
-            let listener = TcpListener::bind(listen).await.map_err(|err| {
-                io::Error::new(err.kind(), format!("cannot listen on {listen}: {err}"))
-            })?;
-            app.serve(listener, shutdown_signal()).await
-        }
-        Command::Migrate(args) => {
-            App::open(Config::new(args.database_url)).await?;
-            println!("migrations applied");
-            Ok(())
-        }
-        Command::ApiKeys(ApiKeysCommand::Create {
-            account,
-            test,
-            database,
-        }) => {
-            let app = App::open(Config::new(database.database_url)).await?;
-            let key = app.service.create_api_key(&account, test).await?;
-            println!("{key}");
-            Ok(())
-        }
     }
 }

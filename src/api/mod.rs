@@ -1,6 +1,5 @@
-//! Transports only: decode the wire, call the service, encode the answer.
+//! Transports only: decode the wire, call the service, encode the answer. One folder per
+//! transport, one file per resource inside it, the same names on each side.
 
-pub mod convert;
 pub mod grpc;
 pub mod rest;
-mod rest_json;

@@ -8,7 +8,7 @@ use std::{
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::Service;
+use super::{tasks::Created, Service};
 use crate::{
     domain::{Scope, Task, Timestamp},
     error::{Error, Result},
@@ -17,12 +17,6 @@ use crate::{
 
 /// How many expired keys one sweep statement deletes, so a sweep never holds long locks.
 const SWEEP_BATCH: u64 = 1000;
-
-/// The answer to a creation request, and whether it is a replay of an earlier one.
-pub struct Created {
-    pub outcome: Result<Task>,
-    pub replayed: bool,
-}
 
 /// Keys whose first request is running in this process.
 #[derive(Default)]
@@ -58,24 +52,17 @@ impl Drop for InFlightGuard<'_> {
 }
 
 impl Service {
-    /// Creates a task; with an `Idempotency-Key`, a repeat of the same request replays the
-    /// first outcome (errors included) instead of creating anything.
-    pub async fn create_task(
+    /// Runs a creation under an `Idempotency-Key`: a repeat of the same request replays the
+    /// first outcome (errors included) instead of creating anything. `prepare` validates the
+    /// fields into the task, or into the error that becomes this key's stored answer.
+    pub(super) async fn create_once(
         &self,
         scope: Scope,
-        idempotency_key: Option<&str>,
+        key: &str,
         task_type: &str,
         fields: Map<String, Value>,
+        prepare: impl FnOnce(Map<String, Value>) -> Result<Task>,
     ) -> Result<Created> {
-        let Some(key) = idempotency_key else {
-            let task = self.prepare_task(scope, task_type, fields)?;
-            self.store.insert_task(&task).await?;
-            log_created(&task);
-            return Ok(Created {
-                outcome: Ok(task),
-                replayed: false,
-            });
-        };
         if key.is_empty() || key.chars().count() > self.limits.max_unique_id_chars {
             return Err(Error::invalid(format!(
                 "The Idempotency-Key header must be 1 to {} characters.",
@@ -94,14 +81,10 @@ impl Service {
                 i64::try_from(self.idempotency_ttl.as_millis()).unwrap_or(i64::MAX),
             )),
         };
-        let prepared = self.prepare_task(scope, task_type, fields);
         let StoredOutcome { outcome, replayed } = self
             .store
-            .create_task_idempotently(&claim, prepared)
+            .create_task_idempotently(&claim, prepare(fields))
             .await?;
-        if let (Ok(task), false) = (&outcome, replayed) {
-            log_created(task);
-        }
         Ok(Created { outcome, replayed })
     }
 
@@ -120,10 +103,6 @@ impl Service {
             }
         }
     }
-}
-
-fn log_created(task: &Task) {
-    tracing::info!(task_id = %task.id, task_type = %task.task_type, "task created");
 }
 
 /// SHA-256 of the request's method, path and body with keys sorted, so key order and

@@ -5,8 +5,7 @@ mod idempotency;
 mod tasks;
 
 pub use auth::{credential_from_authorization, generate_api_key};
-pub use idempotency::Created;
-pub use tasks::{tags_from_json, TagEdit, TaskPage};
+pub use tasks::{tags_from_json, Created, TagEdit, TaskPage};
 
 use std::time::Duration;
 

@@ -22,6 +22,12 @@ pub enum TagEdit {
     Remove,
 }
 
+/// The answer to a creation request, and whether it is a replay of an earlier one.
+pub struct Created {
+    pub outcome: Result<Task>,
+    pub replayed: bool,
+}
+
 /// One page of a task list.
 #[derive(Debug, Clone)]
 pub struct TaskPage {
@@ -34,10 +40,40 @@ pub struct TaskPage {
 }
 
 impl Service {
+    /// Creates a task. With an `Idempotency-Key`, the first outcome for the key is stored and a
+    /// repeat of the same request replays it instead of creating anything.
+    pub async fn create_task(
+        &self,
+        scope: Scope,
+        idempotency_key: Option<&str>,
+        task_type: &str,
+        fields: Map<String, Value>,
+    ) -> Result<Created> {
+        let created = match idempotency_key {
+            None => {
+                let task = self.prepare_task(scope, task_type, fields)?;
+                self.store.insert_task(&task).await?;
+                Created {
+                    outcome: Ok(task),
+                    replayed: false,
+                }
+            }
+            Some(key) => {
+                let prepare = |fields| self.prepare_task(scope, task_type, fields);
+                self.create_once(scope, key, task_type, fields, prepare)
+                    .await?
+            }
+        };
+        if let (Ok(task), false) = (&created.outcome, created.replayed) {
+            tracing::info!(task_id = %task.id, task_type = %task.task_type, "task created");
+        }
+        Ok(created)
+    }
+
     /// Validates a creation request (the REST body, or the gRPC request rebuilt into the same
     /// shape) into a new task: pending, or completed at once in the test world. Fields that are
     /// not common to every type become `params`.
-    pub(super) fn prepare_task(
+    fn prepare_task(
         &self,
         scope: Scope,
         task_type: &str,

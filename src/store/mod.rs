@@ -2,8 +2,11 @@
 
 mod accounts;
 pub mod entities;
+mod error;
 mod idempotency;
 mod tasks;
+
+use error::is_unique_violation;
 
 pub use idempotency::{IdempotencyClaim, StoredOutcome};
 
@@ -76,11 +79,4 @@ impl Store {
             tracing::warn!(error = %err, "closing the database pool failed");
         }
     }
-}
-
-fn is_unique_violation(err: &DbErr) -> bool {
-    matches!(
-        err.sql_err(),
-        Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
-    )
 }

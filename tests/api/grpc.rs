@@ -4,9 +4,10 @@
 use std::collections::BTreeSet;
 
 use annotask::proto::{
-    self, task_service_client::TaskServiceClient, AuditTaskRequest, CancelTaskRequest,
-    CreateTaskRequest, DeleteTaskUniqueIdRequest, GetTaskRequest, ListTasksRequest,
-    SetTaskMetadataRequest, TaskStatus, TaskTagsRequest, UpdateTaskUniqueIdRequest,
+    self, task_service_client::TaskServiceClient, AddTaskTagsRequest, AuditTaskRequest,
+    CancelTaskRequest, CreateTaskRequest, DeleteTaskTagsRequest, DeleteTaskUniqueIdRequest,
+    GetTaskRequest, ListTasksRequest, SetTaskMetadataRequest, SetTaskTagsRequest, TaskStatus,
+    UpdateTaskUniqueIdRequest,
 };
 use base64::Engine as _;
 use prost_types::{value::Kind, ListValue, Struct};
@@ -771,13 +772,18 @@ async fn add_set_and_delete_task_tags_edit_the_tag_list_in_order(app: TestApp) {
         },
     )
     .await;
-    let tags = |task_id: &str, tags: &[&str]| TaskTagsRequest {
-        task_id: task_id.to_owned(),
-        tags: tags.iter().map(|tag| (*tag).to_owned()).collect(),
+    let fields = |task_id: &str, tags: &[&str]| {
+        (
+            task_id.to_owned(),
+            tags.iter().map(|tag| (*tag).to_owned()).collect::<Vec<_>>(),
+        )
     };
 
     let added = client
-        .add_task_tags(app.grpc_request(tags(&task.task_id, &["b", "a", "c", "b"])))
+        .add_task_tags(app.grpc_request({
+            let (task_id, tags) = fields(&task.task_id, &["b", "a", "c", "b"]);
+            AddTaskTagsRequest { task_id, tags }
+        }))
         .await
         .expect("AddTaskTags succeeds")
         .into_inner();
@@ -788,14 +794,20 @@ async fn add_set_and_delete_task_tags_edit_the_tag_list_in_order(app: TestApp) {
     );
 
     let replaced = client
-        .set_task_tags(app.grpc_request(tags(&task.task_id, &["z", "y"])))
+        .set_task_tags(app.grpc_request({
+            let (task_id, tags) = fields(&task.task_id, &["z", "y"]);
+            SetTaskTagsRequest { task_id, tags }
+        }))
         .await
         .expect("SetTaskTags succeeds")
         .into_inner();
     assert_eq!(replaced.tags, ["z", "y"], "set replaces every tag");
 
     let removed = client
-        .delete_task_tags(app.grpc_request(tags(&task.task_id, &["z", "not-there"])))
+        .delete_task_tags(app.grpc_request({
+            let (task_id, tags) = fields(&task.task_id, &["z", "not-there"]);
+            DeleteTaskTagsRequest { task_id, tags }
+        }))
         .await
         .expect("DeleteTaskTags succeeds")
         .into_inner();
@@ -814,24 +826,33 @@ async fn a_tag_edit_with_an_empty_tag_is_refused_and_changes_nothing(app: TestAp
         },
     )
     .await;
-    let request = TaskTagsRequest {
-        task_id: task.task_id.clone(),
-        tags: vec!["fine".to_owned(), String::new()],
-    };
+    let task_id = || task.task_id.clone();
+    let tags = || vec!["fine".to_owned(), String::new()];
     assert_code(
         client
-            .add_task_tags(app.grpc_request(request.clone()))
+            .add_task_tags(app.grpc_request(AddTaskTagsRequest {
+                task_id: task_id(),
+                tags: tags(),
+            }))
             .await,
         Code::InvalidArgument,
     );
     assert_code(
         client
-            .set_task_tags(app.grpc_request(request.clone()))
+            .set_task_tags(app.grpc_request(SetTaskTagsRequest {
+                task_id: task_id(),
+                tags: tags(),
+            }))
             .await,
         Code::InvalidArgument,
     );
     assert_code(
-        client.delete_task_tags(app.grpc_request(request)).await,
+        client
+            .delete_task_tags(app.grpc_request(DeleteTaskTagsRequest {
+                task_id: task_id(),
+                tags: tags(),
+            }))
+            .await,
         Code::InvalidArgument,
     );
     assert_eq!(get(&app, &mut client, &task.task_id).await, task);
@@ -888,10 +909,7 @@ async fn call_every_rpc(
         result.map_or_else(|status| status.code(), |_| Code::Ok)
     }
     let id = || task_id.to_owned();
-    let tags = || TaskTagsRequest {
-        task_id: id(),
-        tags: vec!["x".to_owned()],
-    };
+    let tags = || vec!["x".to_owned()];
     let auth = |message| with_authorization(message, authorization);
     vec![
         (
@@ -978,7 +996,13 @@ async fn call_every_rpc(
             "AddTaskTags",
             code(
                 client
-                    .add_task_tags(with_authorization(tags(), authorization))
+                    .add_task_tags(with_authorization(
+                        AddTaskTagsRequest {
+                            task_id: id(),
+                            tags: tags(),
+                        },
+                        authorization,
+                    ))
                     .await,
             ),
         ),
@@ -986,7 +1010,13 @@ async fn call_every_rpc(
             "SetTaskTags",
             code(
                 client
-                    .set_task_tags(with_authorization(tags(), authorization))
+                    .set_task_tags(with_authorization(
+                        SetTaskTagsRequest {
+                            task_id: id(),
+                            tags: tags(),
+                        },
+                        authorization,
+                    ))
                     .await,
             ),
         ),
@@ -994,7 +1024,13 @@ async fn call_every_rpc(
             "DeleteTaskTags",
             code(
                 client
-                    .delete_task_tags(with_authorization(tags(), authorization))
+                    .delete_task_tags(with_authorization(
+                        DeleteTaskTagsRequest {
+                            task_id: id(),
+                            tags: tags(),
+                        },
+                        authorization,
+                    ))
                     .await,
             ),
         ),
@@ -1737,7 +1773,7 @@ async fn grpc_mutations_are_visible_over_rest_and_rest_mutations_over_grpc(app: 
     let mut client = app.grpc().await;
     let task = create(&app, &mut client, image_task_request()).await;
     let tagged = client
-        .set_task_tags(app.grpc_request(TaskTagsRequest {
+        .set_task_tags(app.grpc_request(SetTaskTagsRequest {
             task_id: task.task_id.clone(),
             tags: vec!["from-grpc".to_owned()],
         }))

@@ -171,10 +171,10 @@ fn grpc_image_request(attachment: &str) -> CreateTaskRequest {
     });
     CreateTaskRequest {
         r#type: "imageannotation".to_owned(),
-        params: Some(annotask::api::convert::json_to_struct(
+        params: Some(annotask::api::grpc::convert::json_to_struct(
             params.as_object().expect("object"),
         )),
-        metadata: Some(annotask::api::convert::json_to_struct(
+        metadata: Some(annotask::api::grpc::convert::json_to_struct(
             json!({"batch": 7}).as_object().expect("object"),
         )),
         ..Default::default()

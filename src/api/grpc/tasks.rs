@@ -1,27 +1,17 @@
-//! `annotask.v1.TaskService` over gRPC and grpc-web: decode, call the service, encode.
+//! `annotask.v1.TaskService`.
 
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
-use tonic::{metadata::MetadataValue, Request, Response, Status};
-use tonic_types::{ErrorDetails, StatusExt};
+use tonic::{Request, Response, Status};
 
-use super::convert;
+use super::{caller, convert, idempotency_key, mark_replayed, non_empty};
 use crate::{
     domain::{ListQuery, PageToken, Scope, TaskFilter, TimeRange},
     error::Error,
     proto::{self, task_service_server::TaskService},
     service::{Service, TagEdit},
 };
-
-const ERROR_DOMAIN: &str = "annotask";
-
-impl From<Error> for Status {
-    fn from(err: Error) -> Self {
-        let details = ErrorDetails::with_error_info(err.reason(), ERROR_DOMAIN, err.details());
-        Status::with_error_details(err.grpc_code(), err.to_string(), details)
-    }
-}
 
 pub struct GrpcTasks {
     service: Arc<Service>,
@@ -32,26 +22,22 @@ impl GrpcTasks {
         GrpcTasks { service }
     }
 
-    async fn edit_tags(
-        &self,
-        request: Request<proto::TaskTagsRequest>,
-        edit: TagEdit,
-    ) -> TaskResult {
-        let scope = self.caller(&request).await?;
-        let request = request.into_inner();
-        reply(
-            self.service
-                .edit_task_tags(scope, &request.task_id, edit, request.tags)
-                .await,
-        )
+    async fn caller<T>(&self, request: &Request<T>) -> Result<Scope, Status> {
+        caller(&self.service, request).await
     }
 
-    async fn caller<T>(&self, request: &Request<T>) -> Result<Scope, Status> {
-        let authorization = request
-            .metadata()
-            .get("authorization")
-            .and_then(|value| value.to_str().ok());
-        Ok(self.service.authenticate(authorization).await?)
+    async fn edit_tags(
+        &self,
+        scope: Scope,
+        task_id: &str,
+        edit: TagEdit,
+        tags: Vec<String>,
+    ) -> TaskResult {
+        reply(
+            self.service
+                .edit_task_tags(scope, task_id, edit, tags)
+                .await,
+        )
     }
 }
 
@@ -75,10 +61,6 @@ fn time_range(
             .map(|at| convert::from_timestamp(to_name, at))
             .transpose()?,
     })
-}
-
-fn non_empty(text: String) -> Option<String> {
-    (!text.is_empty()).then_some(text)
 }
 
 fn list_query(request: proto::ListTasksRequest) -> Result<ListQuery, Error> {
@@ -163,17 +145,7 @@ fn creation_fields(request: proto::CreateTaskRequest) -> Map<String, Value> {
 impl TaskService for GrpcTasks {
     async fn create_task(&self, request: Request<proto::CreateTaskRequest>) -> TaskResult {
         let scope = self.caller(&request).await?;
-        let idempotency_key = match request.metadata().get("idempotency-key") {
-            Some(value) => Some(
-                value
-                    .to_str()
-                    .map_err(|_| {
-                        Error::invalid("The idempotency-key metadata must be printable ASCII.")
-                    })?
-                    .to_owned(),
-            ),
-            None => None,
-        };
+        let idempotency_key = idempotency_key(&request)?;
         let request = request.into_inner();
         let task_type = request.r#type.clone();
         let created = self
@@ -185,21 +157,19 @@ impl TaskService for GrpcTasks {
                 creation_fields(request),
             )
             .await?;
-        let replayed = created.replayed;
-        let mark = |metadata: &mut tonic::metadata::MetadataMap| {
-            if replayed {
-                metadata.insert("idempotent-replayed", MetadataValue::from_static("true"));
-            }
-        };
         match created.outcome {
             Ok(task) => {
                 let mut response = Response::new(convert::task(task));
-                mark(response.metadata_mut());
+                if created.replayed {
+                    mark_replayed(response.metadata_mut());
+                }
                 Ok(response)
             }
             Err(err) => {
                 let mut status = Status::from(err);
-                mark(status.metadata_mut());
+                if created.replayed {
+                    mark_replayed(status.metadata_mut());
+                }
                 Err(status)
             }
         }
@@ -278,16 +248,25 @@ impl TaskService for GrpcTasks {
         )
     }
 
-    async fn add_task_tags(&self, request: Request<proto::TaskTagsRequest>) -> TaskResult {
-        self.edit_tags(request, TagEdit::Add).await
+    async fn add_task_tags(&self, request: Request<proto::AddTaskTagsRequest>) -> TaskResult {
+        let scope = self.caller(&request).await?;
+        let request = request.into_inner();
+        self.edit_tags(scope, &request.task_id, TagEdit::Add, request.tags)
+            .await
     }
 
-    async fn set_task_tags(&self, request: Request<proto::TaskTagsRequest>) -> TaskResult {
-        self.edit_tags(request, TagEdit::Replace).await
+    async fn set_task_tags(&self, request: Request<proto::SetTaskTagsRequest>) -> TaskResult {
+        let scope = self.caller(&request).await?;
+        let request = request.into_inner();
+        self.edit_tags(scope, &request.task_id, TagEdit::Replace, request.tags)
+            .await
     }
 
-    async fn delete_task_tags(&self, request: Request<proto::TaskTagsRequest>) -> TaskResult {
-        self.edit_tags(request, TagEdit::Remove).await
+    async fn delete_task_tags(&self, request: Request<proto::DeleteTaskTagsRequest>) -> TaskResult {
+        let scope = self.caller(&request).await?;
+        let request = request.into_inner();
+        self.edit_tags(scope, &request.task_id, TagEdit::Remove, request.tags)
+            .await
     }
 
     async fn audit_task(&self, request: Request<proto::AuditTaskRequest>) -> TaskResult {

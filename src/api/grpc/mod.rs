@@ -1,0 +1,65 @@
+//! The gRPC services (served to browsers too, through grpc-web): decode, call the service,
+//! encode. One file per service; shared request plumbing lives here.
+
+pub mod convert;
+mod error;
+mod tasks;
+
+use axum::{http::HeaderName, response::Response};
+use tonic::{metadata::MetadataValue, Request, Status};
+
+pub use tasks::GrpcTasks;
+
+use crate::{
+    domain::Scope,
+    error::{Error, Result},
+    service::Service,
+};
+
+/// The caller named by the `authorization` metadata (Bearer, or Basic as on REST).
+async fn caller<T>(service: &Service, request: &Request<T>) -> Result<Scope, Status> {
+    let authorization = request
+        .metadata()
+        .get("authorization")
+        .and_then(|value| value.to_str().ok());
+    Ok(service.authenticate(authorization).await?)
+}
+
+/// The `idempotency-key` metadata, when sent.
+fn idempotency_key<T>(request: &Request<T>) -> Result<Option<String>> {
+    match request.metadata().get("idempotency-key") {
+        None => Ok(None),
+        Some(value) => value
+            .to_str()
+            .map(|key| Some(key.to_owned()))
+            .map_err(|_| Error::invalid("The idempotency-key metadata must be printable ASCII.")),
+    }
+}
+
+/// Marks a replayed answer, as REST's `Idempotent-Replayed` header does.
+fn mark_replayed(metadata: &mut tonic::metadata::MetadataMap) {
+    metadata.insert("idempotent-replayed", MetadataValue::from_static("true"));
+}
+
+/// Empty strings mean "not given", as proto3 cannot tell them apart.
+fn non_empty(text: String) -> Option<String> {
+    (!text.is_empty()).then_some(text)
+}
+
+/// tonic answers a message over `max_decoding_message_size` with `OUT_OF_RANGE`; the API
+/// promises `RESOURCE_EXHAUSTED` (REST's 413). No handler of ours returns `OUT_OF_RANGE`.
+pub async fn oversized_message_is_resource_exhausted(mut response: Response) -> Response {
+    const OUT_OF_RANGE: &str = "11";
+    let grpc_status = HeaderName::from_static("grpc-status");
+    if response
+        .headers()
+        .get(&grpc_status)
+        .is_some_and(|status| status == OUT_OF_RANGE)
+    {
+        let resource_exhausted = i32::from(tonic::Code::ResourceExhausted).to_string();
+        if let Ok(value) = resource_exhausted.parse() {
+            response.headers_mut().insert(grpc_status, value);
+        }
+    }
+    response
+}

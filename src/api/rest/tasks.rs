@@ -1,0 +1,272 @@
+//! Scale's task endpoints: `/v1/task/…` and `/v1/tasks`.
+
+use axum::{
+    extract::{RawQuery, State},
+    http::HeaderValue,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Router,
+};
+use serde_json::Value;
+
+use super::{
+    extract::{
+        ok, parse_bool_param, parse_time_param, query_pairs, task_response, Caller, IdempotencyKey,
+        JsonBody, JsonOrFormBody, Segment,
+    },
+    json, AppState,
+};
+use crate::{
+    domain::{parse_bool, ListQuery, PageToken, TaskStatus, TimeRange},
+    error::{Error, Result},
+    service::{tags_from_json, TagEdit},
+};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/task/{segment}", get(get_task).post(create_task))
+        .route("/tasks", get(list_tasks))
+        .route("/task/{task_id}/cancel", post(cancel_task))
+        .route("/task/{task_id}/setMetadata", post(set_task_metadata))
+        .route(
+            "/task/{task_id}/unique_id",
+            post(update_task_unique_id).delete(delete_task_unique_id),
+        )
+        .route(
+            "/task/{task_id}/tags",
+            post(set_task_tags)
+                .put(add_task_tags)
+                .delete(delete_task_tags),
+        )
+        .route("/task/{task_id}/audit", post(audit_task))
+}
+
+async fn create_task(
+    State(service): State<AppState>,
+    Caller(scope): Caller,
+    Segment(task_type): Segment,
+    IdempotencyKey(idempotency_key): IdempotencyKey,
+    JsonOrFormBody(body): JsonOrFormBody,
+) -> Result<Response> {
+    let fields = body.object()?;
+    let created = service
+        .create_task(scope, idempotency_key.as_deref(), &task_type, fields)
+        .await?;
+    let mut response = match created.outcome {
+        Ok(task) => ok(json::task(&task)),
+        Err(err) => err.into_response(),
+    };
+    if created.replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+async fn get_task(
+    State(service): State<AppState>,
+    Caller(scope): Caller,
+    Segment(task_id): Segment,
+) -> Result<Response> {
+    task_response(service.get_task(scope, &task_id).await)
+}
+
+async fn list_tasks(
+    State(service): State<AppState>,
+    Caller(scope): Caller,
+    RawQuery(query): RawQuery,
+) -> Result<Response> {
+    let query = parse_list_query(query.as_deref().unwrap_or(""))?;
+    let page = service.list_tasks(scope, query).await?;
+    Ok(ok(json::page(&page)))
+}
+
+async fn cancel_task(
+    State(service): State<AppState>,
+    Caller(scope): Caller,
+    Segment(task_id): Segment,
+    RawQuery(query): RawQuery,
+) -> Result<Response> {
+    let mut clear_unique_id = false;
+    for (key, value) in query_pairs(query.as_deref().unwrap_or("")) {
+        if key == "clear_unique_id" {
+            clear_unique_id = parse_bool_param(&key, &value)?;
+        }
+    }
+    task_response(service.cancel_task(scope, &task_id, clear_unique_id).await)
+}
+
+async fn set_task_metadata(
+    State(service): State<AppState>,
+    Caller(scope): Caller,
+    Segment(task_id): Segment,
+    body: JsonBody,
+) -> Result<Response> {
+    let metadata = body.or_empty_object();
+    task_response(service.set_task_metadata(scope, &task_id, metadata).await)
+}
+
+async fn update_task_unique_id(
+    State(service): State<AppState>,
+    Caller(scope): Caller,
+    Segment(task_id): Segment,
+    body: JsonBody,
+) -> Result<Response> {
+    let unique_id = match body.or_empty_object().get("unique_id") {
+        Some(Value::String(unique_id)) => unique_id.clone(),
+        Some(_) => return Err(Error::invalid("Parameter 'unique_id' must be a string.")),
+        None => return Err(Error::invalid("Missing required parameter: 'unique_id'.")),
+    };
+    task_response(
+        service
+            .update_task_unique_id(scope, &task_id, unique_id)
+            .await,
+    )
+}
+
+async fn delete_task_unique_id(
+    State(service): State<AppState>,
+    Caller(scope): Caller,
+    Segment(task_id): Segment,
+) -> Result<Response> {
+    task_response(service.delete_task_unique_id(scope, &task_id).await)
+}
+
+/// `PUT` adds, `POST` replaces, `DELETE` removes: one handler per method, one rule underneath.
+macro_rules! tag_handler {
+    ($name:ident, $edit:expr) => {
+        async fn $name(
+            State(service): State<AppState>,
+            Caller(scope): Caller,
+            Segment(task_id): Segment,
+            body: JsonBody,
+        ) -> Result<Response> {
+            let tags = tags_from_json(body.or_empty_array())?;
+            task_response(service.edit_task_tags(scope, &task_id, $edit, tags).await)
+        }
+    };
+}
+
+tag_handler!(add_task_tags, TagEdit::Add);
+tag_handler!(set_task_tags, TagEdit::Replace);
+tag_handler!(delete_task_tags, TagEdit::Remove);
+
+async fn audit_task(
+    State(service): State<AppState>,
+    Caller(scope): Caller,
+    Segment(task_id): Segment,
+    body: JsonBody,
+) -> Result<Response> {
+    let body = body.or_empty_object();
+    let accepted = match body.get("accepted") {
+        Some(Value::Bool(accepted)) => *accepted,
+        Some(Value::String(text)) => parse_bool(text)
+            .ok_or_else(|| Error::invalid("Parameter 'accepted' must be a boolean."))?,
+        Some(_) => return Err(Error::invalid("Parameter 'accepted' must be a boolean.")),
+        None => return Err(Error::invalid("Missing required parameter: 'accepted'.")),
+    };
+    let comments = match body.get("comments") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(text)) => Some(text.clone()),
+        Some(_) => return Err(Error::invalid("Parameter 'comments' must be a string.")),
+    };
+    task_response(
+        service
+            .audit_task(scope, &task_id, accepted, comments)
+            .await,
+    )
+}
+
+/// `GET /v1/tasks` query parameters. Unknown keys are ignored; empty values mean "not given".
+fn parse_list_query(query: &str) -> Result<ListQuery> {
+    let mut list = ListQuery::default();
+    let filter = &mut list.filter;
+    for (key, value) in query_pairs(query) {
+        if value.is_empty() {
+            continue;
+        }
+        let time = |range: &mut TimeRange, is_start: bool| -> Result<()> {
+            let at = parse_time_param(&key, &value)?;
+            if is_start {
+                range.from = Some(at);
+            } else {
+                range.to = Some(at);
+            }
+            Ok(())
+        };
+        match key.as_str() {
+            "limit" => {
+                list.limit = Some(value.trim().parse().map_err(|_| {
+                    Error::invalid("Parameter 'limit' must be an integer between 1 and 100.")
+                })?)
+            }
+            "next_token" => {
+                list.after = Some(PageToken::decode(&value).ok_or_else(|| {
+                    Error::invalid("Parameter 'next_token' is not a valid page token.")
+                })?)
+            }
+            "start_time" | "created_after" => time(&mut filter.created, true)?,
+            "end_time" | "created_before" => time(&mut filter.created, false)?,
+            "completed_after" => time(&mut filter.completed, true)?,
+            "completed_before" => time(&mut filter.completed, false)?,
+            "updated_after" => time(&mut filter.updated, true)?,
+            "updated_before" => time(&mut filter.updated, false)?,
+            "status" => {
+                filter.status = Some(TaskStatus::parse(&value).ok_or_else(|| {
+                    Error::invalid(
+                        "Parameter 'status' must be one of pending, completed, canceled, error.",
+                    )
+                })?)
+            }
+            "type" => filter.task_type = Some(value),
+            "project" => filter.project = Some(value),
+            "batch" => filter.batch = Some(value),
+            "unique_id" => filter.unique_ids.push(value),
+            "tags" => filter.tags.push(value),
+            "customer_review_status" => filter.customer_review_statuses.extend(
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|status| !status.is_empty())
+                    .map(str::to_owned),
+            ),
+            "limited_response" => list.limited_response = parse_bool_param(&key, &value)?,
+            "include_attachment_url" => {
+                parse_bool_param(&key, &value)?;
+            }
+            _ => {}
+        }
+    }
+    Ok(list)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_and_single_list_keys_are_both_lists() {
+        let query =
+            parse_list_query("tags=a&tags=b&unique_id=x&customer_review_status=accepted,fixed")
+                .unwrap();
+        assert_eq!(query.filter.tags, ["a", "b"]);
+        assert_eq!(query.filter.unique_ids, ["x"]);
+        assert_eq!(query.filter.customer_review_statuses, ["accepted", "fixed"]);
+    }
+
+    #[test]
+    fn invalid_known_parameters_are_named() {
+        for (query, name) in [
+            ("limit=abc", "limit"),
+            ("status=nope", "status"),
+            ("limited_response=maybe", "limited_response"),
+            ("start_time=yesterday", "start_time"),
+            ("next_token=@@@", "next_token"),
+        ] {
+            let err = parse_list_query(query).unwrap_err().to_string();
+            assert!(err.contains(name), "{query}: {err}");
+        }
+        assert!(parse_list_query("whatever=1&limited_response=True").is_ok());
+    }
+}
