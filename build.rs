@@ -6,7 +6,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // tonic-prost-build emits no rerun-if-changed of its own.
     println!("cargo:rerun-if-changed=proto");
     // protox is a pure-Rust protobuf compiler: no protoc needed on the build machine.
-    let descriptors = protox::compile(["annotask/v1/tasks.proto"], ["proto"])?;
+    let descriptors = protox::compile(
+        ["annotask/v1/tasks.proto", "annotask/v1/work.proto"],
+        ["proto"],
+    )?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(
         out_dir.join("annotask_descriptor.bin"),

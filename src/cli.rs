@@ -1,12 +1,13 @@
-//! `annotask serve | migrate | api-keys create`: the command line and what each command does.
+//! `annotask serve | migrate | api-keys create | callbacks show`: the command line and what each command does.
 
-use std::{io, net::SocketAddr};
+use std::{io, net::SocketAddr, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 
 use crate::{
-    config::{Config, Limits},
+    config::{parse_callback_schedule, Config, Limits, DEFAULT_CALLBACK_SCHEDULE},
+    domain::Role,
     server::{App, BoxError},
     telemetry,
 };
@@ -31,6 +32,9 @@ pub enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     ApiKeys(ApiKeysCommand),
+    /// Show an account's callback secrets.
+    #[command(subcommand)]
+    Callbacks(CallbacksCommand),
 }
 
 #[derive(Debug, Args)]
@@ -60,6 +64,15 @@ pub struct ServeArgs {
     /// Largest accepted task metadata, in bytes of JSON.
     #[arg(long, env = "ANNOTASK_MAX_METADATA_BYTES", default_value_t = Limits::default().max_metadata_bytes)]
     pub max_metadata_bytes: usize,
+    /// Callback retry schedule: comma-separated delays, one attempt each (default: 20 attempts over about 24h).
+    #[arg(long, env = "ANNOTASK_CALLBACK_SCHEDULE", default_value = DEFAULT_CALLBACK_SCHEDULE, value_parser = parse_schedule)]
+    pub callback_schedule: Schedule,
+    /// How long one callback attempt may take (e.g. `15s`).
+    #[arg(long, env = "ANNOTASK_CALLBACK_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub callback_timeout: Duration,
+    /// Allow callbacks to loopback, private, link-local and cloud-metadata addresses.
+    #[arg(long, env = "ANNOTASK_ALLOW_PRIVATE_CALLBACKS")]
+    pub allow_private_callbacks: bool,
 }
 
 impl ServeArgs {
@@ -69,6 +82,12 @@ impl ServeArgs {
         config.limits.max_metadata_bytes = self.max_metadata_bytes;
         config.idempotency_ttl = self.idempotency_ttl;
         config
+            .callbacks
+            .schedule
+            .clone_from(&self.callback_schedule.0);
+        config.callbacks.attempt_timeout = self.callback_timeout;
+        config.callbacks.allow_private = self.allow_private_callbacks;
+        config
     }
 }
 
@@ -76,14 +95,45 @@ impl ServeArgs {
 pub enum ApiKeysCommand {
     /// Create the account if needed and a new API key for it; the key is the last line printed.
     Create {
+        /// The account's name; it is created if it does not exist.
         #[arg(long)]
         account: String,
         /// A test key (`test_…`): its tasks live in a separate test world.
         #[arg(long)]
         test: bool,
+        /// `admin` may do everything; `worker` may only read tasks and work the queue.
+        #[arg(long, default_value = "admin", value_parser = parse_role)]
+        scope: Role,
         #[command(flatten)]
         database: DatabaseArgs,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CallbacksCommand {
+    /// Print `callback_auth_key=…` and `signing_secret=whsec_…` for an account.
+    Show {
+        /// The account's name.
+        #[arg(long)]
+        account: String,
+        /// Replace both secrets first (receivers must then use the new ones).
+        #[arg(long)]
+        rotate: bool,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+}
+
+/// The callback schedule as one value (clap would read a `Vec` as repeated flags).
+#[derive(Debug, Clone)]
+pub struct Schedule(Vec<Duration>);
+
+fn parse_schedule(text: &str) -> Result<Schedule, String> {
+    parse_callback_schedule(text).map(Schedule)
+}
+
+fn parse_role(text: &str) -> Result<Role, String> {
+    Role::parse(text).ok_or_else(|| format!("'{text}' is not a scope: use admin or worker"))
 }
 
 /// Runs one command to its end.
@@ -111,11 +161,24 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
         Command::ApiKeys(ApiKeysCommand::Create {
             account,
             test,
+            scope,
             database,
         }) => {
             let app = App::open(Config::new(database.database_url)).await?;
-            let key = app.service.create_api_key(&account, test).await?;
+            let key = app.service.create_api_key(&account, test, scope).await?;
             println!("{key}");
+            Ok(())
+        }
+        Command::Callbacks(CallbacksCommand::Show {
+            account,
+            rotate,
+            database,
+        }) => {
+            let app = App::open(Config::new(database.database_url)).await?;
+            let secrets = app.service.show_callback_secrets(&account, rotate).await?;
+            // Printed to stdout on request only: secrets are never logged.
+            println!("callback_auth_key={}", secrets.auth_key);
+            println!("signing_secret={}", secrets.signing_secret);
             Ok(())
         }
     }

@@ -24,6 +24,62 @@ impl Default for Limits {
     }
 }
 
+/// How callbacks are delivered (SPEC §9).
+#[derive(Debug, Clone)]
+pub struct CallbackSettings {
+    /// One attempt per entry, each the delay before that attempt (the first counts from the
+    /// change that caused the callback; the others from the previous attempt).
+    pub schedule: Vec<Duration>,
+    /// How long one attempt may take before it counts as failed.
+    pub attempt_timeout: Duration,
+    /// Whether targets on loopback, private, link-local or metadata addresses are allowed.
+    pub allow_private: bool,
+    /// How many attempts one process runs at once.
+    pub concurrency: usize,
+    /// Whether this process delivers callbacks at all (tests turn it off to stage a crash).
+    pub deliver: bool,
+    /// How often the worker looks for due deliveries when nothing woke it.
+    pub poll_interval: Duration,
+}
+
+impl Default for CallbackSettings {
+    fn default() -> Self {
+        CallbackSettings {
+            schedule: default_callback_schedule(),
+            attempt_timeout: Duration::from_secs(15),
+            allow_private: false,
+            concurrency: 32,
+            deliver: true,
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// 20 attempts over about 24 hours, as Scale retries.
+pub const DEFAULT_CALLBACK_SCHEDULE: &str =
+    "0s,5s,30s,2m,5m,10m,20m,30m,45m,1h,1h,1h,1h30m,2h,2h,2h,2h,2h,3h,4h";
+
+fn default_callback_schedule() -> Vec<Duration> {
+    parse_callback_schedule(DEFAULT_CALLBACK_SCHEDULE).unwrap_or_default()
+}
+
+/// `0s,1s,2s,5s`: comma-separated durations, one attempt each.
+pub fn parse_callback_schedule(text: &str) -> Result<Vec<Duration>, String> {
+    let schedule = text
+        .split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            humantime::parse_duration(entry)
+                .map_err(|err| format!("'{entry}' is not a duration: {err}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if schedule.is_empty() {
+        return Err("the callback schedule needs at least one attempt".to_owned());
+    }
+    Ok(schedule)
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub database_url: String,
@@ -34,6 +90,9 @@ pub struct Config {
     pub sweep_interval: Duration,
     /// How long in-flight requests may still run after a shutdown signal.
     pub shutdown_grace: Duration,
+    pub callbacks: CallbackSettings,
+    /// How often the queue and delivery gauges are refreshed.
+    pub gauge_interval: Duration,
 }
 
 impl Config {
@@ -44,6 +103,37 @@ impl Config {
             idempotency_ttl: Duration::from_secs(24 * 60 * 60),
             sweep_interval: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
+            callbacks: CallbackSettings::default(),
+            gauge_interval: Duration::from_secs(15),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_schedule_is_twenty_attempts_over_about_a_day() {
+        let schedule = default_callback_schedule();
+        assert_eq!(schedule.len(), 20);
+        let total: Duration = schedule.iter().sum();
+        assert!(total > Duration::from_secs(22 * 3600) && total < Duration::from_secs(26 * 3600));
+    }
+
+    #[test]
+    fn schedules_parse_or_say_which_entry_is_wrong() {
+        assert_eq!(
+            parse_callback_schedule("0s, 1s,250ms").unwrap(),
+            [
+                Duration::ZERO,
+                Duration::from_secs(1),
+                Duration::from_millis(250)
+            ]
+        );
+        assert!(parse_callback_schedule("1s,soon")
+            .unwrap_err()
+            .contains("soon"));
+        assert!(parse_callback_schedule("").is_err());
     }
 }

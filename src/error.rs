@@ -16,12 +16,18 @@ pub enum Error {
     /// Missing or unknown API key: 401 / `UNAUTHENTICATED`.
     #[error("{0}")]
     Unauthenticated(String),
+    /// The key may not do this (a worker key outside the work queue): 403 / `PERMISSION_DENIED`.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// Unknown, malformed or another account's object: 404 / `NOT_FOUND`.
     #[error("{0}")]
     NotFound(String),
     /// Another task holds the unique_id: 409 / `ALREADY_EXISTS`.
     #[error("The unique_id (\"{unique_id}\") is already used for a different task ({task_id}).")]
     UniqueIdConflict { unique_id: String, task_id: String },
+    /// The lease token is not the task's live lease: 409 / `FAILED_PRECONDITION`.
+    #[error("{0}")]
+    LeaseLost(String),
     /// An Idempotency-Key reused with other parameters or by another account: 409 / `ABORTED`.
     #[error("{0}")]
     IdempotencyConflict(String),
@@ -46,6 +52,17 @@ impl Error {
         Error::InvalidArgument(message.into())
     }
 
+    pub fn worker_key() -> Self {
+        Error::PermissionDenied("This key may only work tasks.".to_owned())
+    }
+
+    pub fn lease_lost() -> Self {
+        Error::LeaseLost(
+            "The lease token is not this task's live lease: it expired, was released, or belongs to another claim."
+                .to_owned(),
+        )
+    }
+
     pub fn task_not_found() -> Self {
         Error::NotFound("No task found with that task_id.".to_owned())
     }
@@ -56,8 +73,10 @@ impl Error {
             Error::InvalidArgument(_) => "INVALID_ARGUMENT",
             Error::FailedPrecondition(_) => "TASK_NOT_CANCELABLE",
             Error::Unauthenticated(_) => "UNAUTHENTICATED",
+            Error::PermissionDenied(_) => "PERMISSION_DENIED",
             Error::NotFound(_) => "NOT_FOUND",
             Error::UniqueIdConflict { .. } => "UNIQUE_ID_CONFLICT",
+            Error::LeaseLost(_) => "LEASE_LOST",
             Error::IdempotencyConflict(_) => "IDEMPOTENCY_KEY_CONFLICT",
             Error::IdempotencyInFlight => "IDEMPOTENCY_KEY_IN_FLIGHT",
             Error::PayloadTooLarge(_) => "PAYLOAD_TOO_LARGE",

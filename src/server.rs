@@ -19,7 +19,10 @@ use crate::{
     api::{grpc, rest},
     config::Config,
     jobs::Jobs,
-    proto::{task_service_server::TaskServiceServer, FILE_DESCRIPTOR_SET},
+    proto::{
+        task_service_server::TaskServiceServer, work_service_server::WorkServiceServer,
+        FILE_DESCRIPTOR_SET,
+    },
     service::Service,
     store::Store,
     telemetry,
@@ -39,11 +42,7 @@ impl App {
         let store = Store::connect(&config.database_url).await?;
         store.migrate().await?;
         tracing::info!(backend = store.backend_name(), "database ready");
-        let service = Arc::new(Service::new(
-            store,
-            config.limits.clone(),
-            config.idempotency_ttl,
-        ));
+        let service = Arc::new(Service::new(store, &config));
         Ok(App { service, config })
     }
 
@@ -51,9 +50,14 @@ impl App {
         let max_body = self.config.limits.max_body_bytes;
         let tasks = TaskServiceServer::new(grpc::GrpcTasks::new(self.service.clone()))
             .max_decoding_message_size(max_body);
+        let work = WorkServiceServer::new(grpc::GrpcWork::new(self.service.clone()))
+            .max_decoding_message_size(max_body);
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<TaskServiceServer<grpc::GrpcTasks>>()
+            .await;
+        health_reporter
+            .set_serving::<WorkServiceServer<grpc::GrpcWork>>()
             .await;
         // Each reflection version lists itself; registering the other version's descriptors
         // (and health's) lets any grpcurl build see every service.
@@ -72,6 +76,7 @@ impl App {
             .build_v1alpha()?;
 
         let grpc = tonic::service::Routes::new(tasks)
+            .add_service(work)
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

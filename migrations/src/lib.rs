@@ -4,6 +4,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261129_000001_core;
 mod m20261129_000002_idempotency;
+mod m20261130_000003_work_queue;
 
 pub struct Migrator;
 
@@ -13,6 +14,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261129_000001_core::Migration),
             Box::new(m20261129_000002_idempotency::Migration),
+            Box::new(m20261130_000003_work_queue::Migration),
         ]
     }
 }

@@ -6,6 +6,7 @@ pub mod task;
 pub mod task_id;
 pub mod task_type;
 pub mod time;
+pub mod work;
 
 pub use page_token::PageToken;
 pub use query::{ListQuery, TaskFilter, TimeRange};
@@ -13,6 +14,9 @@ pub use task::{Audit, Scope, Task, TaskStatus};
 pub use task_id::TaskId;
 pub use task_type::TaskType;
 pub use time::Timestamp;
+pub use work::{
+    CallbackEvent, CallbackSecrets, Caller, ClaimFilter, Delivery, NewDelivery, Role, TaskLease,
+};
 
 /// Booleans as Scale's clients send them in query strings: `true/false/True/False/1/0`.
 pub fn parse_bool(text: &str) -> Option<bool> {

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::{task_id::TaskId, time::Timestamp};
+use super::{task_id::TaskId, time::Timestamp, work::TaskLease};
 
 /// Whose data a request sees: one account, and within it the live or the test world.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -77,4 +77,14 @@ pub struct Task {
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     pub completed_at: Option<Timestamp>,
+    /// The work queue's live claim, if any; never part of a stored or sent task.
+    #[serde(skip)]
+    pub lease: Option<TaskLease>,
+}
+
+impl Task {
+    /// The lease, if it is still live at `now`.
+    pub fn live_lease(&self, now: Timestamp) -> Option<&TaskLease> {
+        self.lease.as_ref().filter(|lease| lease.expires_at > now)
+    }
 }

@@ -1,6 +1,8 @@
 //! Background work beside the API: each job is a loop the server starts with a shutdown
 //! signal and awaits on the way out, so no job outlives the pool it uses.
 
+mod callbacks;
+mod gauges;
 mod idempotency_sweeper;
 
 use std::{future::Future, sync::Arc};
@@ -38,6 +40,16 @@ impl Jobs {
             "idempotency sweeper",
             idempotency_sweeper::run(service.clone(), config.sweep_interval, jobs.shutdown()),
         );
+        jobs.spawn(
+            "queue gauges",
+            gauges::run(service.clone(), config.gauge_interval, jobs.shutdown()),
+        );
+        if config.callbacks.deliver {
+            jobs.spawn(
+                "callback delivery",
+                callbacks::run(service.clone(), jobs.shutdown()),
+            );
+        }
         jobs
     }
 

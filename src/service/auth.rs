@@ -6,7 +6,7 @@ use sha2::{Digest, Sha256};
 
 use super::Service;
 use crate::{
-    domain::Scope,
+    domain::{Caller, Role, Scope},
     error::{Error, Result},
 };
 
@@ -44,9 +44,18 @@ pub fn credential_from_authorization(value: &str) -> Option<String> {
     None
 }
 
+/// The caller's scope, for what only an admin key may do: a worker key may read tasks and
+/// work the queue, nothing else.
+pub(super) fn require_admin(caller: Caller) -> Result<Scope> {
+    match caller.role {
+        Role::Admin => Ok(caller.scope),
+        Role::Worker => Err(Error::worker_key()),
+    }
+}
+
 impl Service {
-    /// Resolves the `Authorization` header (or gRPC metadata) to the caller's scope.
-    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Scope> {
+    /// Resolves the `Authorization` header (or gRPC metadata) to the caller.
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Caller> {
         let key = authorization
             .and_then(credential_from_authorization)
             .ok_or_else(|| {
@@ -59,24 +68,24 @@ impl Service {
         if !key.starts_with(LIVE_PREFIX) && !key.starts_with(TEST_PREFIX) {
             return Err(unknown());
         }
-        let scope = self
+        let caller = self
             .store
             .find_api_key(&hash_api_key(&key))
             .await?
             .ok_or_else(unknown)?;
         // The prefix is part of the hashed key, so it always agrees with the stored world.
-        Ok(scope)
+        Ok(caller)
     }
 
     /// Creates the account if needed and a new key for it; returns the key (shown once).
-    pub async fn create_api_key(&self, account: &str, is_test: bool) -> Result<String> {
+    pub async fn create_api_key(&self, account: &str, is_test: bool, role: Role) -> Result<String> {
         let account = account.trim();
         if account.is_empty() {
             return Err(Error::invalid("The account name must not be empty."));
         }
         let key = generate_api_key(is_test);
         self.store
-            .create_api_key(account, &hash_api_key(&key), is_test)
+            .create_api_key(account, &hash_api_key(&key), is_test, role)
             .await?;
         Ok(key)
     }
@@ -86,7 +95,9 @@ impl Service {
         if self.store.count_accounts().await? > 0 {
             return Ok(None);
         }
-        self.create_api_key("default", false).await.map(Some)
+        self.create_api_key("default", false, Role::Admin)
+            .await
+            .map(Some)
     }
 }
 

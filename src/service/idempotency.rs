@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use super::{tasks::Created, Service};
 use crate::{
-    domain::{Scope, Task, Timestamp},
+    domain::{NewDelivery, Scope, Task, Timestamp},
     error::{Error, Result},
     store::{IdempotencyClaim, StoredOutcome},
 };
@@ -61,7 +61,7 @@ impl Service {
         key: &str,
         task_type: &str,
         fields: Map<String, Value>,
-        prepare: impl FnOnce(Map<String, Value>) -> Result<Task>,
+        prepare: impl FnOnce(Map<String, Value>) -> Result<(Task, Option<NewDelivery>)>,
     ) -> Result<Created> {
         if key.is_empty() || key.chars().count() > self.limits.max_unique_id_chars {
             return Err(Error::invalid(format!(
@@ -85,6 +85,11 @@ impl Service {
             .store
             .create_task_idempotently(&claim, prepare(fields))
             .await?;
+        if let (Ok(task), false) = (&outcome, replayed) {
+            if task.callback_url.is_some() {
+                self.deliveries_waiting.notify_one();
+            }
+        }
         Ok(Created { outcome, replayed })
     }
 

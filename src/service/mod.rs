@@ -1,35 +1,54 @@
 //! The one service layer: every rule of the API lives here, whatever the transport.
 
 mod auth;
+mod callbacks;
 mod idempotency;
 mod tasks;
+mod work;
 
 pub use auth::{credential_from_authorization, generate_api_key};
+pub use callbacks::{sign_webhook, AttemptOutcome};
 pub use tasks::{tags_from_json, Created, TagEdit, TaskPage};
+pub use work::{ClaimRequest, ClaimedTask};
 
 use std::time::Duration;
 
-use crate::{config::Limits, error::Result, store::Store};
+use tokio::sync::Notify;
+
+use crate::{
+    config::{CallbackSettings, Config, Limits},
+    error::Result,
+    store::Store,
+};
 
 pub struct Service {
     store: Store,
     limits: Limits,
     idempotency_ttl: Duration,
+    callbacks: CallbackSettings,
     in_flight: idempotency::InFlightKeys,
+    /// Wakes this process's callback worker when a change commits a delivery.
+    deliveries_waiting: Notify,
 }
 
 impl Service {
-    pub fn new(store: Store, limits: Limits, idempotency_ttl: Duration) -> Self {
+    pub fn new(store: Store, config: &Config) -> Self {
         Service {
             store,
-            limits,
-            idempotency_ttl,
+            limits: config.limits.clone(),
+            idempotency_ttl: config.idempotency_ttl,
+            callbacks: config.callbacks.clone(),
             in_flight: idempotency::InFlightKeys::default(),
+            deliveries_waiting: Notify::new(),
         }
     }
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    pub fn callback_settings(&self) -> &CallbackSettings {
+        &self.callbacks
     }
 
     pub async fn health(&self) -> Result<()> {

@@ -2,10 +2,10 @@
 
 use serde_json::{Map, Value};
 
-use super::Service;
+use super::{auth::require_admin, Service};
 use crate::{
     domain::{
-        parse_bool, Audit, ListQuery, PageToken, Scope, Task, TaskId, TaskStatus, TaskType,
+        parse_bool, Audit, Caller, ListQuery, PageToken, Scope, Task, TaskId, TaskStatus, TaskType,
         Timestamp,
     },
     error::{Error, Result},
@@ -44,22 +44,32 @@ impl Service {
     /// repeat of the same request replays it instead of creating anything.
     pub async fn create_task(
         &self,
-        scope: Scope,
+        caller: Caller,
         idempotency_key: Option<&str>,
         task_type: &str,
         fields: Map<String, Value>,
     ) -> Result<Created> {
+        let scope = require_admin(caller)?;
+        // A test-world task completes at once, so its callback is due at creation.
+        let prepare = |fields| {
+            self.prepare_task(scope, task_type, fields).map(|task| {
+                let callback = self.callback_due(None, &task);
+                (task, callback)
+            })
+        };
         let created = match idempotency_key {
             None => {
-                let task = self.prepare_task(scope, task_type, fields)?;
-                self.store.insert_task(&task).await?;
+                let (task, callback) = prepare(fields)?;
+                self.store.insert_task(&task, callback.as_ref()).await?;
+                if callback.is_some() {
+                    self.deliveries_waiting.notify_one();
+                }
                 Created {
                     outcome: Ok(task),
                     replayed: false,
                 }
             }
             Some(key) => {
-                let prepare = |fields| self.prepare_task(scope, task_type, fields);
                 self.create_once(scope, key, task_type, fields, prepare)
                     .await?
             }
@@ -161,19 +171,21 @@ impl Service {
             created_at: now,
             updated_at: now,
             completed_at,
+            lease: None,
         };
         Ok(task)
     }
 
-    pub async fn get_task(&self, scope: Scope, task_id: &str) -> Result<Task> {
+    pub async fn get_task(&self, caller: Caller, task_id: &str) -> Result<Task> {
         let id = parse_task_id(task_id)?;
         self.store
-            .get_task(scope, &id)
+            .get_task(caller.scope, &id)
             .await?
             .ok_or_else(Error::task_not_found)
     }
 
-    pub async fn list_tasks(&self, scope: Scope, query: ListQuery) -> Result<TaskPage> {
+    pub async fn list_tasks(&self, caller: Caller, query: ListQuery) -> Result<TaskPage> {
+        let scope = caller.scope;
         let limit = query.limit.unwrap_or(DEFAULT_PAGE_SIZE);
         if !(1..=MAX_PAGE_SIZE).contains(&limit) {
             return Err(Error::invalid(format!(
@@ -232,16 +244,20 @@ impl Service {
         })
     }
 
-    /// pending → canceled; canceled stays canceled; completed or error cannot be canceled.
+    /// pending → canceled (ending any lease); canceled stays canceled; completed or error
+    /// cannot be canceled.
     pub async fn cancel_task(
         &self,
-        scope: Scope,
+        caller: Caller,
         task_id: &str,
         clear_unique_id: bool,
     ) -> Result<Task> {
-        self.mutate_task(scope, task_id, |task| {
+        self.mutate_task(require_admin(caller)?, task_id, |task| {
             match task.status {
-                TaskStatus::Pending => task.status = TaskStatus::Canceled,
+                TaskStatus::Pending => {
+                    task.status = TaskStatus::Canceled;
+                    task.lease = None;
+                }
                 TaskStatus::Canceled => {}
                 TaskStatus::Completed | TaskStatus::Error => {
                     return Err(Error::FailedPrecondition(
@@ -260,12 +276,12 @@ impl Service {
     /// Replaces the task's metadata with `metadata`, which must be a JSON object.
     pub async fn set_task_metadata(
         &self,
-        scope: Scope,
+        caller: Caller,
         task_id: &str,
         metadata: Value,
     ) -> Result<Task> {
         let metadata = self.check_metadata(metadata)?;
-        self.mutate_task(scope, task_id, |task| {
+        self.mutate_task(require_admin(caller)?, task_id, |task| {
             task.metadata = metadata;
             Ok(())
         })
@@ -274,20 +290,20 @@ impl Service {
 
     pub async fn update_task_unique_id(
         &self,
-        scope: Scope,
+        caller: Caller,
         task_id: &str,
         unique_id: String,
     ) -> Result<Task> {
         let unique_id = self.check_unique_id(unique_id)?;
-        self.mutate_task(scope, task_id, |task| {
+        self.mutate_task(require_admin(caller)?, task_id, |task| {
             task.unique_id = Some(unique_id);
             Ok(())
         })
         .await
     }
 
-    pub async fn delete_task_unique_id(&self, scope: Scope, task_id: &str) -> Result<Task> {
-        self.mutate_task(scope, task_id, |task| {
+    pub async fn delete_task_unique_id(&self, caller: Caller, task_id: &str) -> Result<Task> {
+        self.mutate_task(require_admin(caller)?, task_id, |task| {
             task.unique_id = None;
             Ok(())
         })
@@ -298,14 +314,14 @@ impl Service {
     /// tag changes nothing.
     pub async fn edit_task_tags(
         &self,
-        scope: Scope,
+        caller: Caller,
         task_id: &str,
         edit: TagEdit,
         tags: Vec<String>,
     ) -> Result<Task> {
         let tags = self.check_tags(tags)?;
         let max_tags = self.limits.max_tags;
-        self.mutate_task(scope, task_id, |task| {
+        self.mutate_task(require_admin(caller)?, task_id, |task| {
             match edit {
                 TagEdit::Add => {
                     let current = task.tags.get_or_insert_with(Vec::new);
@@ -330,17 +346,33 @@ impl Service {
         .await
     }
 
-    /// Records a customer audit of a completed task.
+    /// Records a customer audit of a completed task. A rejection with `rework` sends a live
+    /// task back to `pending` for another round, keeping its audits and previous response.
     pub async fn audit_task(
         &self,
-        scope: Scope,
+        caller: Caller,
         task_id: &str,
         accepted: bool,
         comments: Option<String>,
+        rework: bool,
     ) -> Result<Task> {
-        self.mutate_task(scope, task_id, |task| {
+        if rework && accepted {
+            return Err(Error::invalid(
+                "Parameter 'rework' needs 'accepted': false: only a rejected task goes back for rework.",
+            ));
+        }
+        self.mutate_task(require_admin(caller)?, task_id, |task| {
             if task.status != TaskStatus::Completed {
                 return Err(Error::invalid("Only completed tasks can be audited."));
+            }
+            if rework {
+                if task.scope.is_test {
+                    return Err(Error::invalid(
+                        "Test tasks complete at once and cannot be sent back for rework.",
+                    ));
+                }
+                task.status = TaskStatus::Pending;
+                task.completed_at = None;
             }
             task.audits.push(Audit {
                 accepted,
@@ -355,22 +387,41 @@ impl Service {
     }
 
     /// Applies `change` atomically under the task's row lock; bumps `updated_at` when it
-    /// changed anything.
-    async fn mutate_task<F>(&self, scope: Scope, task_id: &str, change: F) -> Result<Task>
+    /// changed anything a client can see (a lease is not), and writes the callback the change
+    /// makes due in the same transaction.
+    pub(super) async fn mutate_task<F>(
+        &self,
+        scope: Scope,
+        task_id: &str,
+        change: F,
+    ) -> Result<Task>
     where
         F: FnOnce(&mut Task) -> Result<()>,
     {
         let id = parse_task_id(task_id)?;
-        self.store
+        let mut callback_written = false;
+        let task = self
+            .store
             .update_task(scope, &id, |task| {
                 let before = task.clone();
                 change(task)?;
-                if *task != before {
+                let visible_change = {
+                    let mut unleased = task.clone();
+                    unleased.lease.clone_from(&before.lease);
+                    unleased != before
+                };
+                if visible_change {
                     task.updated_at = Timestamp::now().max(before.updated_at);
                 }
-                Ok(())
+                let callback = self.callback_due(Some(&before), task);
+                callback_written = callback.is_some();
+                Ok(callback)
             })
-            .await
+            .await?;
+        if callback_written {
+            self.deliveries_waiting.notify_one();
+        }
+        Ok(task)
     }
 
     fn check_metadata(&self, value: Value) -> Result<Map<String, Value>> {

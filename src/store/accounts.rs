@@ -7,8 +7,8 @@ use super::{
     is_unique_violation, Store,
 };
 use crate::{
-    domain::{Scope, Timestamp},
-    error::Result,
+    domain::{Caller, Role, Scope, Timestamp},
+    error::{Error, Result},
 };
 
 impl Store {
@@ -22,6 +22,7 @@ impl Store {
         account_name: &str,
         key_hash: &str,
         is_test: bool,
+        role: Role,
     ) -> Result<Scope> {
         let now = Timestamp::now().millis();
         let account_id = match self.find_account_id(account_name).await? {
@@ -40,7 +41,7 @@ impl Store {
                     Err(err) if is_unique_violation(&err) => self
                         .find_account_id(account_name)
                         .await?
-                        .ok_or(crate::error::Error::Internal)?,
+                        .ok_or(Error::Internal)?,
                     Err(err) => return Err(err.into()),
                 }
             }
@@ -50,6 +51,7 @@ impl Store {
             key_hash: Set(key_hash.to_owned()),
             is_test: Set(is_test),
             created_at: Set(now),
+            scope: Set(role.as_str().to_owned()),
             ..Default::default()
         }
         .insert(&self.db)
@@ -60,7 +62,7 @@ impl Store {
         })
     }
 
-    async fn find_account_id(&self, name: &str) -> Result<Option<i64>> {
+    pub async fn find_account_id(&self, name: &str) -> Result<Option<i64>> {
         Ok(accounts::Entity::find()
             .filter(accounts::Column::Name.eq(name))
             .one(&self.db)
@@ -68,14 +70,24 @@ impl Store {
             .map(|account| account.id))
     }
 
-    pub async fn find_api_key(&self, key_hash: &str) -> Result<Option<Scope>> {
-        Ok(api_keys::Entity::find()
+    pub async fn find_api_key(&self, key_hash: &str) -> Result<Option<Caller>> {
+        let Some(key) = api_keys::Entity::find()
             .filter(api_keys::Column::KeyHash.eq(key_hash))
             .one(&self.db)
             .await?
-            .map(|key| Scope {
+        else {
+            return Ok(None);
+        };
+        let role = Role::parse(&key.scope).ok_or_else(|| {
+            tracing::error!(scope = %key.scope, "stored key scope is unknown");
+            Error::Internal
+        })?;
+        Ok(Some(Caller {
+            scope: Scope {
                 account_id: key.account_id,
                 is_test: key.is_test,
-            }))
+            },
+            role,
+        }))
     }
 }

@@ -10,6 +10,8 @@ pub mod accounts {
         pub id: i64,
         pub name: String,
         pub created_at: i64,
+        pub callback_auth_key: Option<String>,
+        pub signing_secret: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -30,6 +32,7 @@ pub mod api_keys {
         pub key_hash: String,
         pub is_test: bool,
         pub created_at: i64,
+        pub scope: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -66,6 +69,8 @@ pub mod tasks {
         pub created_at: i64,
         pub updated_at: i64,
         pub completed_at: Option<i64>,
+        pub lease_token_hash: Option<String>,
+        pub lease_expires_at: Option<i64>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -136,6 +141,39 @@ pub mod idempotency_keys {
         pub outcome: String,
         pub created_at: i64,
         pub expires_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod callback_deliveries {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "callback_deliveries")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub webhook_id: String,
+        pub account_id: i64,
+        pub is_test: bool,
+        pub task_id: String,
+        pub url: String,
+        pub event: String,
+        /// JSON of the task as it was right after the change.
+        pub payload: String,
+        /// `pending`, `succeeded` or `failed`.
+        pub state: String,
+        pub attempts: i32,
+        pub next_attempt_at: i64,
+        /// Set while one worker holds the delivery for an attempt.
+        pub locked_until: Option<i64>,
+        pub last_error: Option<String>,
+        pub created_at: i64,
+        pub updated_at: i64,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

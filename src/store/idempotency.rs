@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 
 use super::{entities::idempotency_keys, is_unique_violation, Store};
 use crate::{
-    domain::{Scope, Task, Timestamp},
+    domain::{NewDelivery, Scope, Task, Timestamp},
     error::{Error, Result},
 };
 
@@ -34,7 +34,7 @@ impl Store {
     pub async fn create_task_idempotently(
         &self,
         claim: &IdempotencyClaim<'_>,
-        prepared: Result<Task>,
+        prepared: Result<(Task, Option<NewDelivery>)>,
     ) -> Result<StoredOutcome> {
         let txn = self.db.begin().await?;
         if !self.try_lock_key(&txn, claim.key).await? {
@@ -58,7 +58,7 @@ impl Store {
         }
 
         let outcome = match prepared {
-            Ok(task) => super::tasks::insert_task_in(&txn, &task)
+            Ok((task, callback)) => super::tasks::insert_task_in(&txn, &task, callback.as_ref())
                 .await
                 .map(|()| task),
             Err(err) => Err(err),

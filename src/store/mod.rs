@@ -1,11 +1,14 @@
 //! The one repository: sea-orm on SQLite or PostgreSQL. Database errors become domain errors here.
 
 mod accounts;
+mod callbacks;
 pub mod entities;
 mod error;
 mod idempotency;
 mod tasks;
+mod work;
 
+pub use callbacks::AttemptRecord;
 use error::is_unique_violation;
 
 pub use idempotency::{IdempotencyClaim, StoredOutcome};
@@ -64,6 +67,10 @@ impl Store {
             tracing::warn!(error = %err, "database ping failed");
             Error::Unavailable
         })
+    }
+
+    fn is_postgres(&self) -> bool {
+        self.db.get_database_backend() == DbBackend::Postgres
     }
 
     pub fn backend_name(&self) -> &'static str {

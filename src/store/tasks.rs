@@ -13,15 +13,18 @@ use super::{
     is_unique_violation, Store,
 };
 use crate::{
-    domain::{Audit, PageToken, Scope, Task, TaskFilter, TaskId, TaskStatus, Timestamp},
+    domain::{
+        Audit, NewDelivery, PageToken, Scope, Task, TaskFilter, TaskId, TaskLease, TaskStatus,
+        Timestamp,
+    },
     error::{Error, Result},
 };
 
 impl Store {
-    /// Inserts a new task with its tags and counter in one transaction.
-    pub async fn insert_task(&self, task: &Task) -> Result<()> {
+    /// Inserts a new task with its tags, counter and due callback in one transaction.
+    pub async fn insert_task(&self, task: &Task, callback: Option<&NewDelivery>) -> Result<()> {
         let txn = self.db.begin().await?;
-        insert_task_in(&txn, task).await?;
+        insert_task_in(&txn, task, callback).await?;
         txn.commit().await?;
         Ok(())
     }
@@ -36,10 +39,11 @@ impl Store {
     }
 
     /// Loads the task under a row lock, lets `change` apply the service's rules to it, and
-    /// writes the result back with its tag rows and counters, all in one transaction.
+    /// writes the result back with its tag rows, counters and the callback `change` asks for
+    /// (the outbox), all in one transaction.
     pub async fn update_task<F>(&self, scope: Scope, id: &TaskId, change: F) -> Result<Task>
     where
-        F: FnOnce(&mut Task) -> Result<()>,
+        F: FnOnce(&mut Task) -> Result<Option<NewDelivery>>,
     {
         let txn = self.db.begin().await?;
         let row = tasks::Entity::find_by_id(id.as_str())
@@ -50,7 +54,7 @@ impl Store {
             .ok_or_else(Error::task_not_found)?;
         let before = from_model(row)?;
         let mut task = before.clone();
-        change(&mut task)?;
+        let callback = change(&mut task)?;
         if task == before {
             txn.commit().await?;
             return Ok(task);
@@ -69,6 +73,9 @@ impl Store {
         if count_key(&task) != count_key(&before) {
             adjust_count(&txn, &before, -1).await?;
             adjust_count(&txn, &task, 1).await?;
+        }
+        if let Some(callback) = &callback {
+            super::callbacks::insert_delivery(&txn, callback).await?;
         }
         txn.commit().await?;
         Ok(task)
@@ -129,6 +136,18 @@ impl Store {
         if let Some(batch) = &filter.batch {
             condition = condition.add(task_counts::Column::Batch.eq(batch.as_str()));
         }
+        self.sum_counts(condition).await
+    }
+
+    /// Pending tasks over every account and world (for the queue metrics).
+    pub(super) async fn count_all_pending(&self) -> Result<u64> {
+        self.sum_counts(
+            Condition::all().add(task_counts::Column::Status.eq(TaskStatus::Pending.as_str())),
+        )
+        .await
+    }
+
+    async fn sum_counts(&self, condition: Condition) -> Result<u64> {
         // PostgreSQL's SUM(bigint) is numeric: cast back so both backends decode an i64.
         let sum: SimpleExpr = Func::cast_as(
             Func::sum(Expr::col(task_counts::Column::Total)),
@@ -148,7 +167,11 @@ impl Store {
 
 /// Inserts the task, its tag rows and its counter inside `txn`, under a savepoint so that a
 /// unique_id conflict leaves `txn` usable (the idempotency record still has to be written).
-pub(super) async fn insert_task_in(txn: &DatabaseTransaction, task: &Task) -> Result<()> {
+pub(super) async fn insert_task_in(
+    txn: &DatabaseTransaction,
+    task: &Task,
+    callback: Option<&NewDelivery>,
+) -> Result<()> {
     let savepoint = txn.begin().await?;
     let inserted = tasks::Entity::insert(to_active_model(task)?)
         .exec_without_returning(&savepoint)
@@ -159,6 +182,9 @@ pub(super) async fn insert_task_in(txn: &DatabaseTransaction, task: &Task) -> Re
     }
     replace_tag_rows(&savepoint, task).await?;
     adjust_count(&savepoint, task, 1).await?;
+    if let Some(callback) = callback {
+        super::callbacks::insert_delivery(&savepoint, callback).await?;
+    }
     savepoint.commit().await?;
     Ok(())
 }
@@ -201,7 +227,7 @@ async fn translate_write_error(
     }
 }
 
-fn scope_condition(scope: Scope) -> Condition {
+pub(super) fn scope_condition(scope: Scope) -> Condition {
     Condition::all()
         .add(tasks::Column::AccountId.eq(scope.account_id))
         .add(tasks::Column::IsTest.eq(scope.is_test))
@@ -375,10 +401,12 @@ fn to_active_model(task: &Task) -> Result<tasks::ActiveModel> {
         created_at: Set(task.created_at.millis()),
         updated_at: Set(task.updated_at.millis()),
         completed_at: Set(task.completed_at.map(Timestamp::millis)),
+        lease_token_hash: Set(task.lease.as_ref().map(|lease| lease.token_hash.clone())),
+        lease_expires_at: Set(task.lease.as_ref().map(|lease| lease.expires_at.millis())),
     })
 }
 
-fn from_model(row: tasks::Model) -> Result<Task> {
+pub(super) fn from_model(row: tasks::Model) -> Result<Task> {
     let id = TaskId::parse(&row.task_id).ok_or_else(|| {
         tracing::error!(task_id = %row.task_id, "stored task id is malformed");
         Error::Internal
@@ -427,5 +455,12 @@ fn from_model(row: tasks::Model) -> Result<Task> {
         created_at: Timestamp::from_millis(row.created_at),
         updated_at: Timestamp::from_millis(row.updated_at),
         completed_at: row.completed_at.map(Timestamp::from_millis),
+        lease: match (row.lease_token_hash, row.lease_expires_at) {
+            (Some(token_hash), Some(expires_at)) => Some(TaskLease {
+                token_hash,
+                expires_at: Timestamp::from_millis(expires_at),
+            }),
+            _ => None,
+        },
     })
 }

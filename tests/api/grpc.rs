@@ -867,6 +867,7 @@ async fn audit_task_of_a_pending_task_is_invalid_argument_with_the_rest_message(
                 task_id: task.task_id.clone(),
                 accepted: true,
                 comments: Some("looks good".to_owned()),
+                rework: false,
             }))
             .await,
         Code::InvalidArgument,
@@ -1043,6 +1044,7 @@ async fn call_every_rpc(
                             task_id: id(),
                             accepted: true,
                             comments: None,
+                            rework: false,
                         },
                         authorization,
                     ))
@@ -2097,6 +2099,7 @@ async fn a_test_world_task_is_completed_cannot_be_canceled_and_can_be_audited(ap
                 task_id: task.task_id.clone(),
                 accepted: false,
                 comments: Some("boxes too loose".to_owned()),
+                rework: false,
             },
         ))
         .await

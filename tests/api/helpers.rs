@@ -4,7 +4,8 @@
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use annotask::{
-    config::Config, proto::task_service_client::TaskServiceClient, server::App, service::Service,
+    config::Config, domain::Role, proto::task_service_client::TaskServiceClient, server::App,
+    service::Service,
 };
 use rand::Rng;
 use reqwest::{Method, StatusCode};
@@ -117,8 +118,9 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub base_url: String,
     pub database_url: String,
-    /// A live key of a fresh account.
+    /// A live key of a fresh account, named `account`.
     pub api_key: String,
+    pub account: String,
     pub http: reqwest::Client,
     pub service: Arc<Service>,
     pub backend: Backend,
@@ -140,8 +142,9 @@ impl TestApp {
         adjust(&mut config);
         let app = App::open(config).await.expect("open app");
         let service = app.service.clone();
+        let account = format!("account-{}", random_suffix());
         let api_key = service
-            .create_api_key(&format!("account-{}", random_suffix()), false)
+            .create_api_key(&account, false, Role::Admin)
             .await
             .expect("create api key");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -161,6 +164,7 @@ impl TestApp {
             base_url: format!("http://{addr}"),
             database_url,
             api_key,
+            account,
             http: reqwest::Client::new(),
             service,
             backend,
@@ -173,15 +177,27 @@ impl TestApp {
     /// A key for a new account (`is_test` for the test world).
     pub async fn new_account_key(&self, is_test: bool) -> String {
         self.service
-            .create_api_key(&format!("account-{}", random_suffix()), is_test)
+            .create_api_key(
+                &format!("account-{}", random_suffix()),
+                is_test,
+                Role::Admin,
+            )
             .await
             .expect("create api key")
+    }
+
+    /// A worker-scoped live key of this app's account.
+    pub async fn worker_key(&self) -> String {
+        self.service
+            .create_api_key(&self.account, false, Role::Worker)
+            .await
+            .expect("create worker key")
     }
 
     /// Another key of the same account as `api_key`, for its test world.
     pub async fn key_for_same_account(&self, account: &str, is_test: bool) -> String {
         self.service
-            .create_api_key(account, is_test)
+            .create_api_key(account, is_test, Role::Admin)
             .await
             .expect("create api key")
     }

@@ -13,3 +13,4 @@ mod rest_list;
 mod rest_tasks;
 mod scale_client;
 mod smoke;
+mod work;

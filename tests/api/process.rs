@@ -23,11 +23,17 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts a replica over `database_url` and waits until `/healthz` answers.
     pub async fn start(database_url: &str) -> ServerProcess {
+        Self::start_with_env(database_url, &[]).await
+    }
+
+    /// Starts a replica with extra environment (e.g. a callback schedule).
+    pub async fn start_with_env(database_url: &str, env: &[(&str, &str)]) -> ServerProcess {
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_annotask"))
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--database-url", database_url])
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

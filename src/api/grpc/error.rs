@@ -11,7 +11,8 @@ const ERROR_DOMAIN: &str = "annotask";
 fn grpc_code(err: &Error) -> Code {
     match err {
         Error::InvalidArgument(_) => Code::InvalidArgument,
-        Error::FailedPrecondition(_) => Code::FailedPrecondition,
+        Error::FailedPrecondition(_) | Error::LeaseLost(_) => Code::FailedPrecondition,
+        Error::PermissionDenied(_) => Code::PermissionDenied,
         Error::Unauthenticated(_) => Code::Unauthenticated,
         Error::NotFound(_) => Code::NotFound,
         Error::UniqueIdConflict { .. } => Code::AlreadyExists,

@@ -4,20 +4,22 @@
 pub mod convert;
 mod error;
 mod tasks;
+mod work;
 
 use axum::{http::HeaderName, response::Response};
 use tonic::{metadata::MetadataValue, Request, Status};
 
 pub use tasks::GrpcTasks;
+pub use work::GrpcWork;
 
 use crate::{
-    domain::Scope,
+    domain::Caller,
     error::{Error, Result},
     service::Service,
 };
 
 /// The caller named by the `authorization` metadata (Bearer, or Basic as on REST).
-async fn caller<T>(service: &Service, request: &Request<T>) -> Result<Scope, Status> {
+async fn caller<T>(service: &Service, request: &Request<T>) -> Result<Caller, Status> {
     let authorization = request
         .metadata()
         .get("authorization")

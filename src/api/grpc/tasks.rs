@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::{caller, convert, idempotency_key, mark_replayed, non_empty};
 use crate::{
-    domain::{ListQuery, PageToken, Scope, TaskFilter, TimeRange},
+    domain::{Caller, ListQuery, PageToken, TaskFilter, TimeRange},
     error::Error,
     proto::{self, task_service_server::TaskService},
     service::{Service, TagEdit},
@@ -22,20 +22,20 @@ impl GrpcTasks {
         GrpcTasks { service }
     }
 
-    async fn caller<T>(&self, request: &Request<T>) -> Result<Scope, Status> {
+    async fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
         caller(&self.service, request).await
     }
 
     async fn edit_tags(
         &self,
-        scope: Scope,
+        caller: Caller,
         task_id: &str,
         edit: TagEdit,
         tags: Vec<String>,
     ) -> TaskResult {
         reply(
             self.service
-                .edit_task_tags(scope, task_id, edit, tags)
+                .edit_task_tags(caller, task_id, edit, tags)
                 .await,
         )
     }
@@ -144,14 +144,14 @@ fn creation_fields(request: proto::CreateTaskRequest) -> Map<String, Value> {
 #[tonic::async_trait]
 impl TaskService for GrpcTasks {
     async fn create_task(&self, request: Request<proto::CreateTaskRequest>) -> TaskResult {
-        let scope = self.caller(&request).await?;
+        let caller = self.caller(&request).await?;
         let idempotency_key = idempotency_key(&request)?;
         let request = request.into_inner();
         let task_type = request.r#type.clone();
         let created = self
             .service
             .create_task(
-                scope,
+                caller,
                 idempotency_key.as_deref(),
                 &task_type,
                 creation_fields(request),
@@ -176,10 +176,10 @@ impl TaskService for GrpcTasks {
     }
 
     async fn get_task(&self, request: Request<proto::GetTaskRequest>) -> TaskResult {
-        let scope = self.caller(&request).await?;
+        let caller = self.caller(&request).await?;
         reply(
             self.service
-                .get_task(scope, &request.into_inner().task_id)
+                .get_task(caller, &request.into_inner().task_id)
                 .await,
         )
     }
@@ -188,18 +188,18 @@ impl TaskService for GrpcTasks {
         &self,
         request: Request<proto::ListTasksRequest>,
     ) -> Result<Response<proto::ListTasksResponse>, Status> {
-        let scope = self.caller(&request).await?;
+        let caller = self.caller(&request).await?;
         let query = list_query(request.into_inner())?;
-        let page = self.service.list_tasks(scope, query).await?;
+        let page = self.service.list_tasks(caller, query).await?;
         Ok(Response::new(convert::page(page)))
     }
 
     async fn cancel_task(&self, request: Request<proto::CancelTaskRequest>) -> TaskResult {
-        let scope = self.caller(&request).await?;
+        let caller = self.caller(&request).await?;
         let request = request.into_inner();
         reply(
             self.service
-                .cancel_task(scope, &request.task_id, request.clear_unique_id)
+                .cancel_task(caller, &request.task_id, request.clear_unique_id)
                 .await,
         )
     }
@@ -208,7 +208,7 @@ impl TaskService for GrpcTasks {
         &self,
         request: Request<proto::SetTaskMetadataRequest>,
     ) -> TaskResult {
-        let scope = self.caller(&request).await?;
+        let caller = self.caller(&request).await?;
         let request = request.into_inner();
         let metadata = Value::Object(
             request
@@ -218,7 +218,7 @@ impl TaskService for GrpcTasks {
         );
         reply(
             self.service
-                .set_task_metadata(scope, &request.task_id, metadata)
+                .set_task_metadata(caller, &request.task_id, metadata)
                 .await,
         )
     }
@@ -227,11 +227,11 @@ impl TaskService for GrpcTasks {
         &self,
         request: Request<proto::UpdateTaskUniqueIdRequest>,
     ) -> TaskResult {
-        let scope = self.caller(&request).await?;
+        let caller = self.caller(&request).await?;
         let request = request.into_inner();
         reply(
             self.service
-                .update_task_unique_id(scope, &request.task_id, request.unique_id)
+                .update_task_unique_id(caller, &request.task_id, request.unique_id)
                 .await,
         )
     }
@@ -240,41 +240,47 @@ impl TaskService for GrpcTasks {
         &self,
         request: Request<proto::DeleteTaskUniqueIdRequest>,
     ) -> TaskResult {
-        let scope = self.caller(&request).await?;
+        let caller = self.caller(&request).await?;
         reply(
             self.service
-                .delete_task_unique_id(scope, &request.into_inner().task_id)
+                .delete_task_unique_id(caller, &request.into_inner().task_id)
                 .await,
         )
     }
 
     async fn add_task_tags(&self, request: Request<proto::AddTaskTagsRequest>) -> TaskResult {
-        let scope = self.caller(&request).await?;
+        let caller = self.caller(&request).await?;
         let request = request.into_inner();
-        self.edit_tags(scope, &request.task_id, TagEdit::Add, request.tags)
+        self.edit_tags(caller, &request.task_id, TagEdit::Add, request.tags)
             .await
     }
 
     async fn set_task_tags(&self, request: Request<proto::SetTaskTagsRequest>) -> TaskResult {
-        let scope = self.caller(&request).await?;
+        let caller = self.caller(&request).await?;
         let request = request.into_inner();
-        self.edit_tags(scope, &request.task_id, TagEdit::Replace, request.tags)
+        self.edit_tags(caller, &request.task_id, TagEdit::Replace, request.tags)
             .await
     }
 
     async fn delete_task_tags(&self, request: Request<proto::DeleteTaskTagsRequest>) -> TaskResult {
-        let scope = self.caller(&request).await?;
+        let caller = self.caller(&request).await?;
         let request = request.into_inner();
-        self.edit_tags(scope, &request.task_id, TagEdit::Remove, request.tags)
+        self.edit_tags(caller, &request.task_id, TagEdit::Remove, request.tags)
             .await
     }
 
     async fn audit_task(&self, request: Request<proto::AuditTaskRequest>) -> TaskResult {
-        let scope = self.caller(&request).await?;
+        let caller = self.caller(&request).await?;
         let request = request.into_inner();
         reply(
             self.service
-                .audit_task(scope, &request.task_id, request.accepted, request.comments)
+                .audit_task(
+                    caller,
+                    &request.task_id,
+                    request.accepted,
+                    request.comments,
+                    request.rework,
+                )
                 .await,
         )
     }

@@ -12,14 +12,14 @@ use serde_json::{Map, Value};
 
 use super::AppState;
 use crate::{
-    domain::{parse_bool, Scope, Task, Timestamp},
+    domain::{parse_bool, Caller, Task, Timestamp},
     error::{Error, Result},
 };
 
 /// The authenticated caller of a REST request.
-pub struct Caller(pub Scope);
+pub struct Auth(pub Caller);
 
-impl FromRequestParts<AppState> for Caller {
+impl FromRequestParts<AppState> for Auth {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, service: &AppState) -> Result<Self> {
@@ -27,7 +27,7 @@ impl FromRequestParts<AppState> for Caller {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok());
-        service.authenticate(authorization).await.map(Caller)
+        service.authenticate(authorization).await.map(Auth)
     }
 }
 

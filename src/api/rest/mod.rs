@@ -3,9 +3,10 @@
 
 mod error;
 mod extract;
-mod json;
+pub mod json;
 mod ops;
 mod tasks;
+mod work;
 
 use std::sync::Arc;
 
@@ -21,6 +22,7 @@ type AppState = Arc<Service>;
 pub fn v1_router(service: AppState) -> Router {
     Router::new()
         .merge(tasks::routes())
+        .merge(work::routes())
         .method_not_allowed_fallback(error::method_not_allowed)
         .with_state(service)
 }

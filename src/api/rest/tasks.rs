@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::{
     extract::{
-        ok, parse_bool_param, parse_time_param, query_pairs, task_response, Caller, IdempotencyKey,
+        ok, parse_bool_param, parse_time_param, query_pairs, task_response, Auth, IdempotencyKey,
         JsonBody, JsonOrFormBody, Segment,
     },
     json, AppState,
@@ -43,14 +43,14 @@ pub fn routes() -> Router<AppState> {
 
 async fn create_task(
     State(service): State<AppState>,
-    Caller(scope): Caller,
+    Auth(caller): Auth,
     Segment(task_type): Segment,
     IdempotencyKey(idempotency_key): IdempotencyKey,
     JsonOrFormBody(body): JsonOrFormBody,
 ) -> Result<Response> {
     let fields = body.object()?;
     let created = service
-        .create_task(scope, idempotency_key.as_deref(), &task_type, fields)
+        .create_task(caller, idempotency_key.as_deref(), &task_type, fields)
         .await?;
     let mut response = match created.outcome {
         Ok(task) => ok(json::task(&task)),
@@ -66,25 +66,25 @@ async fn create_task(
 
 async fn get_task(
     State(service): State<AppState>,
-    Caller(scope): Caller,
+    Auth(caller): Auth,
     Segment(task_id): Segment,
 ) -> Result<Response> {
-    task_response(service.get_task(scope, &task_id).await)
+    task_response(service.get_task(caller, &task_id).await)
 }
 
 async fn list_tasks(
     State(service): State<AppState>,
-    Caller(scope): Caller,
+    Auth(caller): Auth,
     RawQuery(query): RawQuery,
 ) -> Result<Response> {
     let query = parse_list_query(query.as_deref().unwrap_or(""))?;
-    let page = service.list_tasks(scope, query).await?;
+    let page = service.list_tasks(caller, query).await?;
     Ok(ok(json::page(&page)))
 }
 
 async fn cancel_task(
     State(service): State<AppState>,
-    Caller(scope): Caller,
+    Auth(caller): Auth,
     Segment(task_id): Segment,
     RawQuery(query): RawQuery,
 ) -> Result<Response> {
@@ -94,22 +94,22 @@ async fn cancel_task(
             clear_unique_id = parse_bool_param(&key, &value)?;
         }
     }
-    task_response(service.cancel_task(scope, &task_id, clear_unique_id).await)
+    task_response(service.cancel_task(caller, &task_id, clear_unique_id).await)
 }
 
 async fn set_task_metadata(
     State(service): State<AppState>,
-    Caller(scope): Caller,
+    Auth(caller): Auth,
     Segment(task_id): Segment,
     body: JsonBody,
 ) -> Result<Response> {
     let metadata = body.or_empty_object();
-    task_response(service.set_task_metadata(scope, &task_id, metadata).await)
+    task_response(service.set_task_metadata(caller, &task_id, metadata).await)
 }
 
 async fn update_task_unique_id(
     State(service): State<AppState>,
-    Caller(scope): Caller,
+    Auth(caller): Auth,
     Segment(task_id): Segment,
     body: JsonBody,
 ) -> Result<Response> {
@@ -120,17 +120,17 @@ async fn update_task_unique_id(
     };
     task_response(
         service
-            .update_task_unique_id(scope, &task_id, unique_id)
+            .update_task_unique_id(caller, &task_id, unique_id)
             .await,
     )
 }
 
 async fn delete_task_unique_id(
     State(service): State<AppState>,
-    Caller(scope): Caller,
+    Auth(caller): Auth,
     Segment(task_id): Segment,
 ) -> Result<Response> {
-    task_response(service.delete_task_unique_id(scope, &task_id).await)
+    task_response(service.delete_task_unique_id(caller, &task_id).await)
 }
 
 /// `PUT` adds, `POST` replaces, `DELETE` removes: one handler per method, one rule underneath.
@@ -138,12 +138,12 @@ macro_rules! tag_handler {
     ($name:ident, $edit:expr) => {
         async fn $name(
             State(service): State<AppState>,
-            Caller(scope): Caller,
+            Auth(caller): Auth,
             Segment(task_id): Segment,
             body: JsonBody,
         ) -> Result<Response> {
             let tags = tags_from_json(body.or_empty_array())?;
-            task_response(service.edit_task_tags(scope, &task_id, $edit, tags).await)
+            task_response(service.edit_task_tags(caller, &task_id, $edit, tags).await)
         }
     };
 }
@@ -154,7 +154,7 @@ tag_handler!(delete_task_tags, TagEdit::Remove);
 
 async fn audit_task(
     State(service): State<AppState>,
-    Caller(scope): Caller,
+    Auth(caller): Auth,
     Segment(task_id): Segment,
     body: JsonBody,
 ) -> Result<Response> {
@@ -171,9 +171,15 @@ async fn audit_task(
         Some(Value::String(text)) => Some(text.clone()),
         Some(_) => return Err(Error::invalid("Parameter 'comments' must be a string.")),
     };
+    let rework = match body.get("rework") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(rework)) => *rework,
+        Some(Value::String(text)) => parse_bool_param("rework", text)?,
+        Some(_) => return Err(Error::invalid("Parameter 'rework' must be a boolean.")),
+    };
     task_response(
         service
-            .audit_task(scope, &task_id, accepted, comments)
+            .audit_task(caller, &task_id, accepted, comments, rework)
             .await,
     )
 }

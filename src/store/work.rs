@@ -1,0 +1,86 @@
+//! The work queue's claim: the oldest pending tasks with no live lease, each leased at once.
+
+use sea_orm::{
+    sea_query::{Expr, LockBehavior, LockType},
+    ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+};
+
+use super::{
+    entities::tasks,
+    tasks::{from_model, scope_condition},
+    Store,
+};
+use crate::{
+    domain::{ClaimFilter, Scope, Task, TaskLease, TaskStatus, Timestamp},
+    error::Result,
+};
+
+impl Store {
+    /// Leases up to `leases.len()` available tasks, oldest first, one lease each, in one
+    /// transaction. On PostgreSQL `FOR UPDATE SKIP LOCKED` lets concurrent claimers (on any
+    /// replica) pass each other's rows instead of taking them twice; SQLite has one writer.
+    pub async fn claim_tasks(
+        &self,
+        scope: Scope,
+        filter: &ClaimFilter,
+        now: Timestamp,
+        leases: Vec<TaskLease>,
+    ) -> Result<Vec<Task>> {
+        let txn = self.db.begin().await?;
+        let mut condition = scope_condition(scope)
+            .add(tasks::Column::Status.eq(TaskStatus::Pending.as_str()))
+            .add(
+                Condition::any()
+                    .add(tasks::Column::LeaseExpiresAt.is_null())
+                    .add(tasks::Column::LeaseExpiresAt.lte(now.millis())),
+            );
+        if let Some(project) = &filter.project {
+            condition = condition.add(tasks::Column::Project.eq(project.as_str()));
+        }
+        if let Some(batch) = &filter.batch {
+            condition = condition.add(tasks::Column::Batch.eq(batch.as_str()));
+        }
+        if let Some(task_type) = &filter.task_type {
+            condition = condition.add(tasks::Column::TaskType.eq(task_type.as_str()));
+        }
+        let mut select = tasks::Entity::find()
+            .filter(condition)
+            .order_by_asc(tasks::Column::CreatedAt)
+            .order_by_asc(tasks::Column::TaskId)
+            .limit(leases.len() as u64);
+        if self.is_postgres() {
+            select = select.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+        }
+        let rows = select.all(&txn).await?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        for (row, lease) in rows.into_iter().zip(leases) {
+            tasks::Entity::update_many()
+                .col_expr(
+                    tasks::Column::LeaseTokenHash,
+                    Expr::value(lease.token_hash.clone()),
+                )
+                .col_expr(
+                    tasks::Column::LeaseExpiresAt,
+                    Expr::value(lease.expires_at.millis()),
+                )
+                .filter(tasks::Column::TaskId.eq(row.task_id.as_str()))
+                .exec(&txn)
+                .await?;
+            let mut task = from_model(row)?;
+            task.lease = Some(lease);
+            claimed.push(task);
+        }
+        txn.commit().await?;
+        Ok(claimed)
+    }
+
+    /// Live leases and available pending tasks over every account, for the queue metrics.
+    pub async fn queue_gauges(&self, now: Timestamp) -> Result<(u64, u64)> {
+        let leased = tasks::Entity::find()
+            .filter(tasks::Column::LeaseExpiresAt.gt(now.millis()))
+            .filter(tasks::Column::Status.eq(TaskStatus::Pending.as_str()));
+        let leased = sea_orm::PaginatorTrait::count(leased, &self.db).await?;
+        let pending = self.count_all_pending().await?;
+        Ok((pending.saturating_sub(leased), leased))
+    }
+}
