@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod callbacks;
 mod grpc;
 mod grpc_web;
 mod hostile;

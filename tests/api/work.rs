@@ -574,7 +574,7 @@ fn assert_each_task_handed_out_once(handed_out: &[String], created: usize) {
 async fn concurrent_claimers_never_receive_the_same_task(app: TestApp) {
     const TASKS: usize = 60;
     join_all((0..TASKS).map(|_| app.create_image_task(json!({})))).await;
-    let handed_out = drain_concurrently(&app, &[app.base_url.clone()], 12).await;
+    let handed_out = drain_concurrently(&app, std::slice::from_ref(&app.base_url), 12).await;
     assert_each_task_handed_out_once(&handed_out, TASKS);
 }
 
@@ -604,4 +604,39 @@ async fn claimers_on_two_replicas_sharing_postgres_never_receive_the_same_task()
     let handed_out =
         drain_concurrently(&app, &[first.base_url.clone(), second.base_url.clone()], 16).await;
     assert_each_task_handed_out_once(&handed_out, TASKS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_and_delivery_metrics_are_exported() {
+    let Some(app) = TestApp::spawn_with(Backend::Sqlite, |config| {
+        config.gauge_interval = Duration::from_millis(50);
+    })
+    .await
+    else {
+        return;
+    };
+    // The process-wide recorder is installed by the first scrape.
+    let scrape = || async {
+        app.http
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    };
+    scrape().await;
+    create(&app, json!({})).await;
+    claim(&app, json!({})).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let metrics = scrape().await;
+    for name in [
+        "annotask_work_queue_depth",
+        "annotask_work_leases_live",
+        "annotask_callback_deliveries_pending",
+        "annotask_work_claimed_tasks_total",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
 }
