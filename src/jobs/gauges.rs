@@ -2,19 +2,14 @@
 
 use std::{sync::Arc, time::Duration};
 
-use super::Shutdown;
+use super::{every, Shutdown};
 use crate::service::Service;
 
-pub async fn run(service: Arc<Service>, every: Duration, mut shutdown: Shutdown) {
-    let mut ticker = tokio::time::interval(every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.requested() => return,
-            _ = ticker.tick() => {}
-        }
+pub async fn run(service: Arc<Service>, interval: Duration, shutdown: Shutdown) {
+    every(interval, shutdown, || async {
         if let Err(err) = service.refresh_gauges().await {
             tracing::warn!(error = %err, "refreshing the queue gauges failed");
         }
-    }
+    })
+    .await;
 }

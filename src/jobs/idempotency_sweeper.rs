@@ -2,21 +2,16 @@
 
 use std::{sync::Arc, time::Duration};
 
-use super::Shutdown;
+use super::{every, Shutdown};
 use crate::service::Service;
 
-pub async fn run(service: Arc<Service>, every: Duration, mut shutdown: Shutdown) {
-    let mut ticker = tokio::time::interval(every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.requested() => return,
-            _ = ticker.tick() => {}
-        }
+pub async fn run(service: Arc<Service>, interval: Duration, shutdown: Shutdown) {
+    every(interval, shutdown, || async {
         match service.sweep_expired_idempotency_keys().await {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, "expired idempotency keys swept"),
             Err(err) => tracing::warn!(error = %err, "idempotency key sweep failed"),
         }
-    }
+    })
+    .await;
 }

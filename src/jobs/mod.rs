@@ -23,6 +23,23 @@ impl Shutdown {
     }
 }
 
+/// Runs `tick` every `every` until shutdown; a tick in progress finishes first.
+async fn every<F, Fut>(every: std::time::Duration, mut shutdown: Shutdown, mut tick: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.requested() => return,
+            _ = ticker.tick() => {}
+        }
+        tick().await;
+    }
+}
+
 /// The running background jobs of one server.
 pub struct Jobs {
     stop: watch::Sender<bool>,

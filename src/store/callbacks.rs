@@ -180,19 +180,7 @@ impl Store {
         if let Some(secrets) = self.read_callback_secrets(account_id).await? {
             return Ok(secrets);
         }
-        let fresh = generate();
-        accounts::Entity::update_many()
-            .col_expr(
-                accounts::Column::CallbackAuthKey,
-                Expr::value(fresh.auth_key.clone()),
-            )
-            .col_expr(
-                accounts::Column::SigningSecret,
-                Expr::value(fresh.signing_secret.clone()),
-            )
-            .filter(accounts::Column::Id.eq(account_id))
-            .filter(accounts::Column::SigningSecret.is_null())
-            .exec(&self.db)
+        self.write_callback_secrets(account_id, &generate(), true)
             .await?;
         self.read_callback_secrets(account_id)
             .await?
@@ -205,7 +193,24 @@ impl Store {
         account_id: i64,
         secrets: &CallbackSecrets,
     ) -> Result<()> {
-        let updated = accounts::Entity::update_many()
+        if self
+            .write_callback_secrets(account_id, secrets, false)
+            .await?
+            == 0
+        {
+            return Err(Error::NotFound("No such account.".to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Writes both secrets; with `only_if_unset`, only where none are stored yet.
+    async fn write_callback_secrets(
+        &self,
+        account_id: i64,
+        secrets: &CallbackSecrets,
+        only_if_unset: bool,
+    ) -> Result<u64> {
+        let mut update = accounts::Entity::update_many()
             .col_expr(
                 accounts::Column::CallbackAuthKey,
                 Expr::value(secrets.auth_key.clone()),
@@ -214,13 +219,11 @@ impl Store {
                 accounts::Column::SigningSecret,
                 Expr::value(secrets.signing_secret.clone()),
             )
-            .filter(accounts::Column::Id.eq(account_id))
-            .exec(&self.db)
-            .await?;
-        if updated.rows_affected == 0 {
-            return Err(Error::NotFound("No such account.".to_owned()));
+            .filter(accounts::Column::Id.eq(account_id));
+        if only_if_unset {
+            update = update.filter(accounts::Column::SigningSecret.is_null());
         }
-        Ok(())
+        Ok(update.exec(&self.db).await?.rows_affected)
     }
 
     async fn read_callback_secrets(&self, account_id: i64) -> Result<Option<CallbackSecrets>> {

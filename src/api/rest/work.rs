@@ -1,6 +1,11 @@
 //! The work queue: `/v1/work/claim` and `/v1/task/{id}/lease|complete|fail`.
 
-use axum::{extract::State, response::Response, routing::post, Router};
+use axum::{
+    extract::{FromRequest, Request, State},
+    response::Response,
+    routing::post,
+    Router,
+};
 use serde_json::{json, Map, Value};
 
 use super::{
@@ -50,11 +55,6 @@ fn integer(body: &Map<String, Value>, name: &str) -> Result<Option<i64>> {
     }
 }
 
-fn lease_token(body: &Map<String, Value>) -> Result<String> {
-    text(body, "lease_token")?
-        .ok_or_else(|| Error::invalid("Missing required parameter: 'lease_token'."))
-}
-
 fn lease(claimed: &ClaimedTask) -> Value {
     json!({
         "task": json::task(&claimed.task),
@@ -85,20 +85,36 @@ async fn claim_tasks(
     ))
 }
 
+/// A lease call's body: its `lease_token` and the other fields.
+struct LeaseBody {
+    token: String,
+    fields: Map<String, Value>,
+}
+
+impl<S: Send + Sync> FromRequest<S> for LeaseBody {
+    type Rejection = Error;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self> {
+        let fields = JsonBody::from_request(request, state).await?.object()?;
+        let token = text(&fields, "lease_token")?
+            .ok_or_else(|| Error::invalid("Missing required parameter: 'lease_token'."))?;
+        Ok(LeaseBody { token, fields })
+    }
+}
+
+fn required<T>(value: Option<T>, name: &str) -> Result<T> {
+    value.ok_or_else(|| Error::invalid(format!("Missing required parameter: '{name}'.")))
+}
+
 async fn heartbeat_lease(
     State(service): State<AppState>,
     Auth(caller): Auth,
     Segment(task_id): Segment,
-    body: JsonBody,
+    lease: LeaseBody,
 ) -> Result<Response> {
-    let body = body.object()?;
+    let seconds = integer(&lease.fields, "lease_seconds")?;
     let expires_at = service
-        .heartbeat_lease(
-            caller,
-            &task_id,
-            &lease_token(&body)?,
-            integer(&body, "lease_seconds")?,
-        )
+        .heartbeat_lease(caller, &task_id, &lease.token, seconds)
         .await?;
     Ok(ok(json!({"lease_expires_at": expires_at.to_iso()})))
 }
@@ -107,30 +123,21 @@ async fn release_lease(
     State(service): State<AppState>,
     Auth(caller): Auth,
     Segment(task_id): Segment,
-    body: JsonBody,
+    lease: LeaseBody,
 ) -> Result<Response> {
-    let body = body.object()?;
-    task_response(
-        service
-            .release_lease(caller, &task_id, &lease_token(&body)?)
-            .await,
-    )
+    task_response(service.release_lease(caller, &task_id, &lease.token).await)
 }
 
 async fn complete_task(
     State(service): State<AppState>,
     Auth(caller): Auth,
     Segment(task_id): Segment,
-    body: JsonBody,
+    mut lease: LeaseBody,
 ) -> Result<Response> {
-    let mut body = body.object()?;
-    let token = lease_token(&body)?;
-    let response = body
-        .remove("response")
-        .ok_or_else(|| Error::invalid("Missing required parameter: 'response'."))?;
+    let response = required(lease.fields.remove("response"), "response")?;
     task_response(
         service
-            .complete_task(caller, &task_id, &token, response)
+            .complete_task(caller, &task_id, &lease.token, response)
             .await,
     )
 }
@@ -139,11 +146,12 @@ async fn fail_task(
     State(service): State<AppState>,
     Auth(caller): Auth,
     Segment(task_id): Segment,
-    body: JsonBody,
+    lease: LeaseBody,
 ) -> Result<Response> {
-    let body = body.object()?;
-    let token = lease_token(&body)?;
-    let error = text(&body, "error")?
-        .ok_or_else(|| Error::invalid("Missing required parameter: 'error'."))?;
-    task_response(service.fail_task(caller, &task_id, &token, error).await)
+    let error = required(text(&lease.fields, "error")?, "error")?;
+    task_response(
+        service
+            .fail_task(caller, &task_id, &lease.token, error)
+            .await,
+    )
 }
