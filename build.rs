@@ -7,7 +7,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     // protox is a pure-Rust protobuf compiler: no protoc needed on the build machine.
     let descriptors = protox::compile(
-        ["annotask/v1/tasks.proto", "annotask/v1/work.proto"],
+        [
+            "annotask/v1/tasks.proto",
+            "annotask/v1/work.proto",
+            "annotask/v1/projects.proto",
+            "annotask/v1/batches.proto",
+        ],
         ["proto"],
     )?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);

@@ -28,6 +28,9 @@ pub enum Error {
     /// The lease token is not the task's live lease: 409 / `FAILED_PRECONDITION`.
     #[error("{0}")]
     LeaseLost(String),
+    /// The name is taken (a project or batch): 409 / `ALREADY_EXISTS`.
+    #[error("{0}")]
+    Conflict(String),
     /// An Idempotency-Key reused with other parameters or by another account: 409 / `ABORTED`.
     #[error("{0}")]
     IdempotencyConflict(String),
@@ -77,6 +80,7 @@ impl Error {
             Error::NotFound(_) => "NOT_FOUND",
             Error::UniqueIdConflict { .. } => "UNIQUE_ID_CONFLICT",
             Error::LeaseLost(_) => "LEASE_LOST",
+            Error::Conflict(_) => "ALREADY_EXISTS",
             Error::IdempotencyConflict(_) => "IDEMPOTENCY_KEY_CONFLICT",
             Error::IdempotencyInFlight => "IDEMPOTENCY_KEY_IN_FLIGHT",
             Error::PayloadTooLarge(_) => "PAYLOAD_TOO_LARGE",

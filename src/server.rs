@@ -20,6 +20,7 @@ use crate::{
     config::Config,
     jobs::Jobs,
     proto::{
+        batch_service_server::BatchServiceServer, project_service_server::ProjectServiceServer,
         task_service_server::TaskServiceServer, work_service_server::WorkServiceServer,
         FILE_DESCRIPTOR_SET,
     },
@@ -52,12 +53,22 @@ impl App {
             .max_decoding_message_size(max_body);
         let work = WorkServiceServer::new(grpc::GrpcWork::new(self.service.clone()))
             .max_decoding_message_size(max_body);
+        let projects = ProjectServiceServer::new(grpc::GrpcProjects::new(self.service.clone()))
+            .max_decoding_message_size(max_body);
+        let batches = BatchServiceServer::new(grpc::GrpcBatches::new(self.service.clone()))
+            .max_decoding_message_size(max_body);
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<TaskServiceServer<grpc::GrpcTasks>>()
             .await;
         health_reporter
             .set_serving::<WorkServiceServer<grpc::GrpcWork>>()
+            .await;
+        health_reporter
+            .set_serving::<ProjectServiceServer<grpc::GrpcProjects>>()
+            .await;
+        health_reporter
+            .set_serving::<BatchServiceServer<grpc::GrpcBatches>>()
             .await;
         // Each reflection version lists itself; registering the other version's descriptors
         // (and health's) lets any grpcurl build see every service.
@@ -77,6 +88,8 @@ impl App {
 
         let grpc = tonic::service::Routes::new(tasks)
             .add_service(work)
+            .add_service(projects)
+            .add_service(batches)
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

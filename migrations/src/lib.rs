@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261129_000001_core;
 mod m20261129_000002_idempotency;
 mod m20261130_000003_work_queue;
+mod m20261130_000004_projects_batches;
 
 pub struct Migrator;
 
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000001_core::Migration),
             Box::new(m20261129_000002_idempotency::Migration),
             Box::new(m20261130_000003_work_queue::Migration),
+            Box::new(m20261130_000004_projects_batches::Migration),
         ]
     }
 }

@@ -130,11 +130,8 @@ impl MigrationTrait for Migration {
                             .boolean()
                             .not_null(),
                     )
-                    .col(
-                        ColumnDef::new(CallbackDeliveries::TaskId)
-                            .string_len(24)
-                            .not_null(),
-                    )
+                    // Set for task callbacks; batch callbacks carry their batch in the payload.
+                    .col(ColumnDef::new(CallbackDeliveries::TaskId).string_len(24))
                     .col(ColumnDef::new(CallbackDeliveries::Url).text().not_null())
                     .col(
                         ColumnDef::new(CallbackDeliveries::Event)

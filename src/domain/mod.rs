@@ -1,6 +1,8 @@
 //! Plain domain types: they can only hold valid values and know nothing of wires or storage.
 
+pub mod batch;
 pub mod page_token;
+pub mod project;
 pub mod query;
 pub mod task;
 pub mod task_id;
@@ -8,14 +10,17 @@ pub mod task_type;
 pub mod time;
 pub mod work;
 
+pub use batch::{Batch, BatchCounts, BatchFilter, BatchStatus};
 pub use page_token::PageToken;
+pub use project::{ParamVersion, Project};
 pub use query::{ListQuery, TaskFilter, TimeRange};
 pub use task::{Audit, Scope, Task, TaskStatus};
 pub use task_id::TaskId;
 pub use task_type::TaskType;
 pub use time::Timestamp;
 pub use work::{
-    CallbackEvent, CallbackSecrets, Caller, ClaimFilter, Delivery, NewDelivery, Role, TaskLease,
+    CallbackEvent, CallbackSecrets, CallbackSubject, Caller, ClaimFilter, Delivery, NewDelivery,
+    Role, TaskLease,
 };
 
 /// Booleans as Scale's clients send them in query strings: `true/false/True/False/1/0`.

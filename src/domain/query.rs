@@ -52,5 +52,7 @@ pub struct ListQuery {
     /// `None` means the default page size.
     pub limit: Option<i64>,
     pub after: Option<PageToken>,
+    /// Legacy paging: skip this many matching tasks (`None`: not asked for).
+    pub offset: Option<u64>,
     pub limited_response: bool,
 }

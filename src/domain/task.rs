@@ -68,6 +68,9 @@ pub struct Task {
     /// `None` until tags are first set, so the wire can leave the key out as Scale does.
     pub tags: Option<Vec<String>>,
     pub project: Option<String>,
+    /// The project params version the task was created with.
+    #[serde(default)]
+    pub project_param_version: Option<i64>,
     pub batch: Option<String>,
     pub response: Option<Value>,
     pub callback_succeeded: Option<bool>,

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{task::Scope, time::Timestamp, Task};
+use super::{batch::Batch, task::Scope, time::Timestamp, Task};
 
 /// What an API key may do (SPEC §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +58,7 @@ pub enum CallbackEvent {
     Completed,
     Failed,
     Audited,
+    BatchCompleted,
 }
 
 impl CallbackEvent {
@@ -66,6 +67,7 @@ impl CallbackEvent {
             CallbackEvent::Completed => "task.completed",
             CallbackEvent::Failed => "task.failed",
             CallbackEvent::Audited => "task.audited",
+            CallbackEvent::BatchCompleted => "batch.completed",
         }
     }
 
@@ -74,9 +76,26 @@ impl CallbackEvent {
             CallbackEvent::Completed,
             CallbackEvent::Failed,
             CallbackEvent::Audited,
+            CallbackEvent::BatchCompleted,
         ]
         .into_iter()
         .find(|event| event.as_str() == text)
+    }
+}
+
+/// What a callback is about, as it was right after the change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CallbackSubject {
+    Task(Box<Task>),
+    Batch(Box<Batch>),
+}
+
+impl CallbackSubject {
+    pub fn scope(&self) -> Scope {
+        match self {
+            CallbackSubject::Task(task) => task.scope,
+            CallbackSubject::Batch(batch) => batch.scope,
+        }
     }
 }
 
@@ -87,8 +106,8 @@ pub struct NewDelivery {
     pub webhook_id: String,
     pub url: String,
     pub event: CallbackEvent,
-    /// The task as it was right after the change.
-    pub task: Task,
+    /// The task or batch as it was right after the change.
+    pub subject: CallbackSubject,
     /// When the first attempt is due.
     pub first_attempt_at: Timestamp,
 }
@@ -101,7 +120,7 @@ pub struct Delivery {
     pub scope: Scope,
     pub url: String,
     pub event: CallbackEvent,
-    pub task: Task,
+    pub subject: CallbackSubject,
     /// Attempts made before this one.
     pub attempts: u32,
     /// This claim's mark: the attempt's outcome is only recorded while it still holds.

@@ -22,7 +22,7 @@ use super::Shutdown;
 use crate::{
     api::rest::json,
     config::CallbackSettings,
-    domain::{Delivery, Timestamp},
+    domain::{CallbackSubject, Delivery, Timestamp},
     service::{sign_webhook, AttemptOutcome, Service},
 };
 
@@ -205,13 +205,19 @@ impl Sender {
             Ok(secrets) => secrets,
             Err(err) => return failed(format!("callback secrets unavailable: {err}")),
         };
-        let task = &delivery.task;
-        let body = json!({
-            "task_id": task.id.as_str(),
-            "status": task.status.as_str(),
-            "response": task.response,
-            "task": json::task(task),
-        })
+        let body = match &delivery.subject {
+            CallbackSubject::Task(task) => json!({
+                "task_id": task.id.as_str(),
+                "status": task.status.as_str(),
+                "response": task.response,
+                "task": json::task(task),
+            }),
+            CallbackSubject::Batch(batch) => json!({
+                "batch_name": batch.name,
+                "status": batch.status.as_str(),
+                "batch": json::batch(batch),
+            }),
+        }
         .to_string();
         let timestamp = Timestamp::now().seconds();
         let signature = match sign_webhook(

@@ -10,7 +10,10 @@ use sha2::Sha256;
 
 use super::Service;
 use crate::{
-    domain::{CallbackEvent, CallbackSecrets, Delivery, NewDelivery, Task, TaskStatus, Timestamp},
+    domain::{
+        Batch, CallbackEvent, CallbackSecrets, CallbackSubject, Delivery, NewDelivery, Task,
+        TaskStatus, Timestamp,
+    },
     error::{Error, Result},
     store::AttemptRecord,
 };
@@ -117,7 +120,20 @@ impl Service {
             webhook_id: new_webhook_id(),
             url: url.clone(),
             event,
-            task: after_change.clone(),
+            subject: CallbackSubject::Task(Box::new(after_change.clone())),
+            first_attempt_at: after(Timestamp::now(), first_delay),
+        })
+    }
+
+    /// The callback a batch's completion makes due, if it has one.
+    pub(super) fn batch_callback_due(&self, batch: &Batch) -> Option<NewDelivery> {
+        let url = batch.callback.as_ref()?;
+        let first_delay = self.callbacks.schedule.first().copied().unwrap_or_default();
+        Some(NewDelivery {
+            webhook_id: new_webhook_id(),
+            url: url.clone(),
+            event: CallbackEvent::BatchCompleted,
+            subject: CallbackSubject::Batch(Box::new(batch.clone())),
             first_attempt_at: after(Timestamp::now(), first_delay),
         })
     }
@@ -167,7 +183,6 @@ impl Service {
                 .increment(1);
             tracing::info!(
                 webhook_id = %delivery.webhook_id,
-                task_id = %delivery.task.id,
                 event = delivery.event.as_str(),
                 attempt = attempts_made,
                 outcome,

@@ -83,7 +83,9 @@ impl Service {
         };
         let StoredOutcome { outcome, replayed } = self
             .store
-            .create_task_idempotently(&claim, prepare(fields))
+            .create_task_idempotently(&claim, prepare(fields), &|batch| {
+                self.batch_callback_due(batch)
+            })
             .await?;
         if let (Ok(task), false) = (&outcome, replayed) {
             if task.callback_url.is_some() {

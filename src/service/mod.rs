@@ -1,12 +1,15 @@
 //! The one service layer: every rule of the API lives here, whatever the transport.
 
 mod auth;
+mod batches;
 mod callbacks;
 mod idempotency;
+mod projects;
 mod tasks;
 mod work;
 
 pub use auth::{credential_from_authorization, generate_api_key};
+pub use batches::{BatchPage, NewBatch};
 pub use callbacks::{sign_webhook, AttemptOutcome};
 pub use tasks::{tags_from_json, Created, TagEdit, TaskPage};
 pub use work::{ClaimRequest, ClaimedTask};

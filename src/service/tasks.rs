@@ -34,6 +34,8 @@ pub struct TaskPage {
     pub docs: Vec<Task>,
     pub total: u64,
     pub limit: i64,
+    /// The legacy offset the page was asked for (0 when paging by token).
+    pub offset: u64,
     pub has_more: bool,
     pub next_token: Option<String>,
     pub limited_response: bool,
@@ -50,9 +52,15 @@ impl Service {
         fields: Map<String, Value>,
     ) -> Result<Created> {
         let scope = require_admin(caller)?;
+        // Looked up before the idempotency claim; a refusal (unknown project, completed batch)
+        // is an outcome like any validation error, and stored as one.
+        let placement = self.placement(scope, task_type, &fields).await;
         // A test-world task completes at once, so its callback is due at creation.
-        let prepare = |fields| {
-            self.prepare_task(scope, task_type, fields).map(|task| {
+        let prepare = |mut fields: Map<String, Value>| {
+            let placement = placement?;
+            let version = placement.inherit(&mut fields);
+            self.prepare_task(scope, task_type, fields).map(|mut task| {
+                task.project_param_version = version;
                 let callback = self.callback_due(None, &task);
                 (task, callback)
             })
@@ -60,7 +68,11 @@ impl Service {
         let created = match idempotency_key {
             None => {
                 let (task, callback) = prepare(fields)?;
-                self.store.insert_task(&task, callback.as_ref()).await?;
+                self.store
+                    .insert_task(&task, callback.as_ref(), &|batch| {
+                        self.batch_callback_due(batch)
+                    })
+                    .await?;
                 if callback.is_some() {
                     self.deliveries_waiting.notify_one();
                 }
@@ -162,6 +174,7 @@ impl Service {
             unique_id,
             tags,
             project,
+            project_param_version: None,
             batch,
             response,
             callback_succeeded: None,
@@ -215,10 +228,22 @@ impl Service {
                 )));
             }
         }
+        if query.offset.is_some() && query.after.is_some() {
+            return Err(Error::invalid(
+                "Parameters 'offset' and 'next_token' cannot be used together: page with one of them.",
+            ));
+        }
+        let offset = query.offset.unwrap_or(0);
         let page_size = limit.unsigned_abs();
         let mut docs = self
             .store
-            .list_tasks(scope, &query.filter, query.after.as_ref(), page_size + 1)
+            .list_tasks(
+                scope,
+                &query.filter,
+                query.after.as_ref(),
+                offset,
+                page_size + 1,
+            )
             .await?;
         let has_more = docs.len() as u64 > page_size;
         docs.truncate(page_size as usize);
@@ -238,6 +263,7 @@ impl Service {
             docs,
             total,
             limit,
+            offset,
             has_more,
             next_token,
             limited_response: query.limited_response,
@@ -400,23 +426,29 @@ impl Service {
     {
         let id = parse_task_id(task_id)?;
         let mut callback_written = false;
+        let on_batch_completed = |batch: &crate::domain::Batch| self.batch_callback_due(batch);
         let task = self
             .store
-            .update_task(scope, &id, |task| {
-                let before = task.clone();
-                change(task)?;
-                let visible_change = {
-                    let mut unleased = task.clone();
-                    unleased.lease.clone_from(&before.lease);
-                    unleased != before
-                };
-                if visible_change {
-                    task.updated_at = Timestamp::now().max(before.updated_at);
-                }
-                let callback = self.callback_due(Some(&before), task);
-                callback_written = callback.is_some();
-                Ok(callback)
-            })
+            .update_task(
+                scope,
+                &id,
+                |task| {
+                    let before = task.clone();
+                    change(task)?;
+                    let visible_change = {
+                        let mut unleased = task.clone();
+                        unleased.lease.clone_from(&before.lease);
+                        unleased != before
+                    };
+                    if visible_change {
+                        task.updated_at = Timestamp::now().max(before.updated_at);
+                    }
+                    let callback = self.callback_due(Some(&before), task);
+                    callback_written = callback.is_some();
+                    Ok(callback)
+                },
+                &on_batch_completed,
+            )
             .await?;
         if callback_written {
             self.deliveries_waiting.notify_one();
@@ -424,7 +456,7 @@ impl Service {
         Ok(task)
     }
 
-    fn check_metadata(&self, value: Value) -> Result<Map<String, Value>> {
+    pub(super) fn check_metadata(&self, value: Value) -> Result<Map<String, Value>> {
         let Value::Object(metadata) = value else {
             return Err(Error::invalid(
                 "Parameter 'metadata' must be a JSON object.",
@@ -526,7 +558,7 @@ fn take_string(fields: &mut Map<String, Value>, name: &str) -> Result<Option<Str
     }
 }
 
-fn check_callback_url(text: String) -> Result<String> {
+pub(super) fn check_callback_url(text: String) -> Result<String> {
     match url::Url::parse(&text) {
         Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Ok(text),
         _ => Err(Error::invalid(

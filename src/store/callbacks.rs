@@ -12,7 +12,9 @@ use super::{
     Store,
 };
 use crate::{
-    domain::{CallbackEvent, CallbackSecrets, Delivery, NewDelivery, Scope, Task, Timestamp},
+    domain::{
+        CallbackEvent, CallbackSecrets, CallbackSubject, Delivery, NewDelivery, Scope, Timestamp,
+    },
     error::{Error, Result},
 };
 
@@ -40,15 +42,18 @@ pub(super) async fn insert_delivery(
     delivery: &NewDelivery,
 ) -> Result<()> {
     let now = Timestamp::now().millis();
-    let payload = serde_json::to_string(&delivery.task).map_err(|err| {
+    let payload = serde_json::to_string(&delivery.subject).map_err(|err| {
         tracing::error!(error = %err, "serialising a callback payload failed");
         Error::Internal
     })?;
     let row = callback_deliveries::ActiveModel {
         webhook_id: Set(delivery.webhook_id.clone()),
-        account_id: Set(delivery.task.scope.account_id),
-        is_test: Set(delivery.task.scope.is_test),
-        task_id: Set(delivery.task.id.to_string()),
+        account_id: Set(delivery.subject.scope().account_id),
+        is_test: Set(delivery.subject.scope().is_test),
+        task_id: Set(match &delivery.subject {
+            CallbackSubject::Task(task) => Some(task.id.to_string()),
+            CallbackSubject::Batch(_) => None,
+        }),
         url: Set(delivery.url.clone()),
         event: Set(delivery.event.as_str().to_owned()),
         payload: Set(payload),
@@ -151,10 +156,10 @@ impl Store {
             AttemptRecord::GaveUp { .. } => Some(false),
             AttemptRecord::Retry { .. } => None,
         };
-        if let Some(succeeded) = resolved {
+        if let (Some(succeeded), CallbackSubject::Task(task)) = (resolved, &delivery.subject) {
             tasks::Entity::update_many()
                 .col_expr(tasks::Column::CallbackSucceeded, Expr::value(succeeded))
-                .filter(tasks::Column::TaskId.eq(delivery.task.id.as_str()))
+                .filter(tasks::Column::TaskId.eq(task.id.as_str()))
                 .exec(&txn)
                 .await?;
         }
@@ -246,7 +251,7 @@ fn delivery_from_row(row: callback_deliveries::Model, locked_until: Timestamp) -
         tracing::error!(event = %row.event, "stored callback event is unknown");
         Error::Internal
     })?;
-    let task: Task = serde_json::from_str(&row.payload).map_err(|err| {
+    let subject: CallbackSubject = serde_json::from_str(&row.payload).map_err(|err| {
         tracing::error!(error = %err, "stored callback payload is unreadable");
         Error::Internal
     })?;
@@ -259,7 +264,7 @@ fn delivery_from_row(row: callback_deliveries::Model, locked_until: Timestamp) -
         },
         url: row.url,
         event,
-        task,
+        subject,
         attempts: u32::try_from(row.attempts).unwrap_or(0),
         locked_until,
     })

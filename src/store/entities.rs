@@ -71,6 +71,7 @@ pub mod tasks {
         pub completed_at: Option<i64>,
         pub lease_token_hash: Option<String>,
         pub lease_expires_at: Option<i64>,
+        pub project_param_version: Option<i64>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -160,10 +161,10 @@ pub mod callback_deliveries {
         pub webhook_id: String,
         pub account_id: i64,
         pub is_test: bool,
-        pub task_id: String,
+        pub task_id: Option<String>,
         pub url: String,
         pub event: String,
-        /// JSON of the task as it was right after the change.
+        /// JSON of the task or batch as it was right after the change.
         pub payload: String,
         /// `pending`, `succeeded` or `failed`.
         pub state: String,
@@ -174,6 +175,56 @@ pub mod callback_deliveries {
         pub last_error: Option<String>,
         pub created_at: i64,
         pub updated_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod projects {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "projects")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub account_id: i64,
+        pub is_test: bool,
+        pub name: String,
+        pub task_type: String,
+        /// JSON array of `{"version", "created_at", "params"}`.
+        pub param_history: String,
+        pub created_at: i64,
+        pub updated_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod batches {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "batches")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub account_id: i64,
+        pub is_test: bool,
+        pub name: String,
+        pub project: String,
+        pub status: String,
+        pub callback: Option<String>,
+        pub metadata: String,
+        pub created_at: i64,
+        pub updated_at: i64,
+        pub completed_at: Option<i64>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

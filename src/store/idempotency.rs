@@ -6,7 +6,7 @@ use sea_orm::{
 };
 use sha2::{Digest, Sha256};
 
-use super::{entities::idempotency_keys, is_unique_violation, Store};
+use super::{batches::OnBatchCompleted, entities::idempotency_keys, is_unique_violation, Store};
 use crate::{
     domain::{NewDelivery, Scope, Task, Timestamp},
     error::{Error, Result},
@@ -35,6 +35,7 @@ impl Store {
         &self,
         claim: &IdempotencyClaim<'_>,
         prepared: Result<(Task, Option<NewDelivery>)>,
+        on_batch_completed: OnBatchCompleted<'_>,
     ) -> Result<StoredOutcome> {
         let txn = self.db.begin().await?;
         if !self.try_lock_key(&txn, claim.key).await? {
@@ -58,9 +59,11 @@ impl Store {
         }
 
         let outcome = match prepared {
-            Ok((task, callback)) => super::tasks::insert_task_in(&txn, &task, callback.as_ref())
-                .await
-                .map(|()| task),
+            Ok((task, callback)) => {
+                super::tasks::insert_task_in(&txn, &task, callback.as_ref(), on_batch_completed)
+                    .await
+                    .map(|()| task)
+            }
             Err(err) => Err(err),
         };
         // Transient failures are not answers: roll back so a retry can still succeed.

@@ -1,13 +1,16 @@
 //! The one repository: sea-orm on SQLite or PostgreSQL. Database errors become domain errors here.
 
 mod accounts;
+mod batches;
 mod callbacks;
 pub mod entities;
 mod error;
 mod idempotency;
+mod projects;
 mod tasks;
 mod work;
 
+pub use batches::OnBatchCompleted;
 pub use callbacks::AttemptRecord;
 use error::is_unique_violation;
 

@@ -9,6 +9,7 @@ use sea_orm::{
 use serde_json::{Map, Value};
 
 use super::{
+    batches::OnBatchCompleted,
     entities::{task_counts, task_tags, tasks},
     is_unique_violation, Store,
 };
@@ -22,9 +23,14 @@ use crate::{
 
 impl Store {
     /// Inserts a new task with its tags, counter and due callback in one transaction.
-    pub async fn insert_task(&self, task: &Task, callback: Option<&NewDelivery>) -> Result<()> {
+    pub async fn insert_task(
+        &self,
+        task: &Task,
+        callback: Option<&NewDelivery>,
+        on_batch_completed: OnBatchCompleted<'_>,
+    ) -> Result<()> {
         let txn = self.db.begin().await?;
-        insert_task_in(&txn, task, callback).await?;
+        insert_task_in(&txn, task, callback, on_batch_completed).await?;
         txn.commit().await?;
         Ok(())
     }
@@ -41,7 +47,13 @@ impl Store {
     /// Loads the task under a row lock, lets `change` apply the service's rules to it, and
     /// writes the result back with its tag rows, counters and the callback `change` asks for
     /// (the outbox), all in one transaction.
-    pub async fn update_task<F>(&self, scope: Scope, id: &TaskId, change: F) -> Result<Task>
+    pub async fn update_task<F>(
+        &self,
+        scope: Scope,
+        id: &TaskId,
+        change: F,
+        on_batch_completed: OnBatchCompleted<'_>,
+    ) -> Result<Task>
     where
         F: FnOnce(&mut Task) -> Result<Option<NewDelivery>>,
     {
@@ -77,16 +89,21 @@ impl Store {
         if let Some(callback) = &callback {
             super::callbacks::insert_delivery(&txn, callback).await?;
         }
+        if let (Some(batch), true) = (&task.batch, task.status != before.status) {
+            super::batches::refresh_batch(&txn, scope, batch, on_batch_completed).await?;
+        }
         txn.commit().await?;
         Ok(task)
     }
 
-    /// One page in list order, starting after `after`.
+    /// One page in list order, starting after `after`, or `offset` rows in (legacy paging,
+    /// whose cost grows with the offset).
     pub async fn list_tasks(
         &self,
         scope: Scope,
         filter: &TaskFilter,
         after: Option<&PageToken>,
+        offset: u64,
         fetch: u64,
     ) -> Result<Vec<Task>> {
         let mut select = tasks::Entity::find().filter(filter_condition(scope, filter));
@@ -101,6 +118,9 @@ impl Store {
                             .add(tasks::Column::TaskId.lt(position.task_id.as_str())),
                     ),
             );
+        }
+        if offset > 0 {
+            select = select.offset(offset);
         }
         select
             .order_by_desc(tasks::Column::CreatedAt)
@@ -171,6 +191,7 @@ pub(super) async fn insert_task_in(
     txn: &DatabaseTransaction,
     task: &Task,
     callback: Option<&NewDelivery>,
+    on_batch_completed: OnBatchCompleted<'_>,
 ) -> Result<()> {
     let savepoint = txn.begin().await?;
     let inserted = tasks::Entity::insert(to_active_model(task)?)
@@ -184,6 +205,9 @@ pub(super) async fn insert_task_in(
     adjust_count(&savepoint, task, 1).await?;
     if let Some(callback) = callback {
         super::callbacks::insert_delivery(&savepoint, callback).await?;
+    }
+    if let Some(batch) = &task.batch {
+        super::batches::refresh_batch(&savepoint, task.scope, batch, on_batch_completed).await?;
     }
     savepoint.commit().await?;
     Ok(())
@@ -347,14 +371,17 @@ async fn adjust_count(txn: &impl ConnectionTrait, task: &Task, delta: i64) -> Re
     Ok(())
 }
 
-fn to_json_text<T: serde::Serialize>(value: &T) -> Result<String> {
+pub(super) fn to_json_text<T: serde::Serialize>(value: &T) -> Result<String> {
     serde_json::to_string(value).map_err(|err| {
         tracing::error!(error = %err, "serialising a task column failed");
         Error::Internal
     })
 }
 
-fn from_json_text<T: serde::de::DeserializeOwned>(text: &str, column: &str) -> Result<T> {
+pub(super) fn from_json_text<T: serde::de::DeserializeOwned>(
+    text: &str,
+    column: &str,
+) -> Result<T> {
     serde_json::from_str(text).map_err(|err| {
         tracing::error!(error = %err, column, "stored task column is not valid JSON");
         Error::Internal
@@ -401,6 +428,7 @@ fn to_active_model(task: &Task) -> Result<tasks::ActiveModel> {
         created_at: Set(task.created_at.millis()),
         updated_at: Set(task.updated_at.millis()),
         completed_at: Set(task.completed_at.map(Timestamp::millis)),
+        project_param_version: Set(task.project_param_version),
         lease_token_hash: Set(task.lease.as_ref().map(|lease| lease.token_hash.clone())),
         lease_expires_at: Set(task.lease.as_ref().map(|lease| lease.expires_at.millis())),
     })
@@ -435,6 +463,7 @@ pub(super) fn from_model(row: tasks::Model) -> Result<Task> {
             .map(|text| from_json_text(text, "tags"))
             .transpose()?,
         project: row.project,
+        project_param_version: row.project_param_version,
         batch: row.batch,
         response: row
             .response

@@ -1,17 +1,17 @@
 //! The work queue's claim: the oldest pending tasks with no live lease, each leased at once.
 
 use sea_orm::{
-    sea_query::{Expr, LockBehavior, LockType},
+    sea_query::{Expr, LockBehavior, LockType, Query},
     ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
 
 use super::{
-    entities::tasks,
+    entities::{batches, tasks},
     tasks::{from_model, scope_condition},
     Store,
 };
 use crate::{
-    domain::{ClaimFilter, Scope, Task, TaskLease, TaskStatus, Timestamp},
+    domain::{BatchStatus, ClaimFilter, Scope, Task, TaskLease, TaskStatus, Timestamp},
     error::Result,
 };
 
@@ -43,6 +43,19 @@ impl Store {
         if let Some(task_type) = &filter.task_type {
             condition = condition.add(tasks::Column::TaskType.eq(task_type.as_str()));
         }
+        // A staging batch's tasks wait until it is finalized.
+        let staging = Query::select()
+            .column(batches::Column::Name)
+            .from(batches::Entity)
+            .and_where(batches::Column::AccountId.eq(scope.account_id))
+            .and_where(batches::Column::IsTest.eq(scope.is_test))
+            .and_where(batches::Column::Status.eq(BatchStatus::Staging.as_str()))
+            .to_owned();
+        condition = condition.add(
+            Condition::any()
+                .add(tasks::Column::Batch.is_null())
+                .add(tasks::Column::Batch.not_in_subquery(staging)),
+        );
         let mut select = tasks::Entity::find()
             .filter(condition)
             .order_by_asc(tasks::Column::CreatedAt)

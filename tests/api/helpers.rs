@@ -235,6 +235,29 @@ impl TestApp {
         self.send(self.request(Method::POST, path).json(body)).await
     }
 
+    /// Creates a project of `task_type` (no params), which tasks may then name.
+    pub async fn create_project(&self, name: &str, task_type: &str) -> Value {
+        let (status, project) = self
+            .post(
+                "/v1/projects",
+                &serde_json::json!({"name": name, "type": task_type}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "create project {name}: {project}");
+        project
+    }
+
+    /// Creates a batch in `project`; extra fields are merged into the body.
+    pub async fn create_batch(&self, name: &str, project: &str, extra: Value) -> Value {
+        let mut body = serde_json::json!({"name": name, "project": project});
+        if let (Some(body), Value::Object(extra)) = (body.as_object_mut(), extra) {
+            body.extend(extra);
+        }
+        let (status, batch) = self.post("/v1/batches", &body).await;
+        assert_eq!(status, StatusCode::OK, "create batch {name}: {batch}");
+        batch
+    }
+
     /// Creates an image annotation task; extra fields are merged into the body.
     pub async fn create_image_task(&self, extra: Value) -> (StatusCode, Value) {
         let mut body = serde_json::json!({

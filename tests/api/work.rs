@@ -266,13 +266,15 @@ async fn a_canceled_task_is_never_handed_out_and_cancel_ends_a_lease(app: TestAp
 }
 
 async fn claims_match_project_and_type_filters(app: TestApp) {
+    app.create_project("cars", "imageannotation").await;
+    app.create_project("bikes", "imageannotation").await;
     create(&app, json!({"project": "cars"})).await;
     let wanted = create(&app, json!({"project": "bikes"})).await;
     let (status, text) = app
         .post(
             "/v1/task/categorization",
             &json!({"instruction": "Which vehicle?", "attachment": "https://e.com/a.png",
-                    "categories": ["car", "bike"], "project": "bikes"}),
+                    "categories": ["car", "bike"]}),
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{text}");
@@ -284,6 +286,11 @@ async fn claims_match_project_and_type_filters(app: TestApp) {
     assert_eq!(
         leases.iter().map(task_id).collect::<Vec<_>>(),
         [wanted["task_id"].as_str().unwrap()]
+    );
+    let texts = claim(&app, json!({"type": "categorization", "limit": 10})).await;
+    assert_eq!(
+        texts.iter().map(task_id).collect::<Vec<_>>(),
+        [text["task_id"].as_str().unwrap()]
     );
     let (status, body) = app.post("/v1/work/claim", &json!({"type": "nope"})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");

@@ -5,8 +5,8 @@ against a running annotask.
     ANNOTASK_URL=http://127.0.0.1:8080/v1 ANNOTASK_API_KEY=live_... \
         python3 tests/scale_client/check_scaleapi.py
 
-Only the client's public methods are used. Every task carries a run-specific prefix in its
-unique_id and project, so runs against a shared server do not see each other's tasks.
+Only the client's public methods are used. Every task, project and batch carries a
+run-specific prefix, so runs against a shared server do not see each other's data.
 Prints one line per check and `N passed, M failed`; exits non-zero on any failure.
 """
 
@@ -25,6 +25,7 @@ try:
         ScaleResourceNotFound,
         ScaleUnauthorized,
     )
+    from scaleapi.batches import BatchStatus
     from scaleapi.tasks import TaskStatus, TaskType
 except ImportError as err:  # pragma: no cover - reported, not tested
     print(f"cannot import scaleapi: {err}", file=sys.stderr)
@@ -39,6 +40,9 @@ if not KEY:
 RUN = uuid.uuid4().hex[:12]
 PROJECT = f"scaleapi-check-{RUN}"
 OTHER_PROJECT = f"scaleapi-check-{RUN}-other"
+TEXT_PROJECT = f"scaleapi-check-{RUN}-text"
+BATCH_PROJECT = f"scaleapi check {RUN}/batches"
+BATCH = f"scaleapi check {RUN}/batch 1"
 TASK_ID = re.compile(r"^[0-9a-f]{24}$")
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 UNKNOWN_TASK_ID = "0" * 24
@@ -107,6 +111,27 @@ def check(function):
 
 
 @check
+def projects_are_created_fetched_listed_and_refused_twice():
+    project = client.create_project(
+        PROJECT,
+        TaskType.ImageAnnotation,
+        params={"instruction": "Draw a box around each car"},
+    )
+    assert project.name == PROJECT and project.type == "imageannotation", project.as_dict()
+    assert project.version == 0, project.as_dict()
+    assert project.instruction == "Draw a box around each car", project.as_dict()
+    client.create_project(OTHER_PROJECT, TaskType.ImageAnnotation)
+    client.create_project(TEXT_PROJECT, TaskType.Categorization)
+    fetched = client.get_project(PROJECT)
+    assert fetched.as_dict() == project.as_dict(), (fetched.as_dict(), project.as_dict())
+    names = [p.name for p in client.projects()]
+    assert {PROJECT, OTHER_PROJECT, TEXT_PROJECT} <= set(names), names
+    err = expect_error(ScaleDuplicateResource, client.create_project, PROJECT, TaskType.ImageAnnotation)
+    assert err.code == 409, err.code
+    expect_error(ScaleResourceNotFound, client.get_project, f"{PROJECT}-nobody")
+
+
+@check
 def create_an_image_annotation_task_with_attachment_and_geometries():
     task = image_task(
         unique_id=uid("img-1"),
@@ -136,7 +161,7 @@ def create_a_categorization_task_with_instruction_attachment_and_categories():
         attachment="A red car drives by.",
         attachment_type="text",
         categories=["yes", "no"],
-        project=PROJECT,
+        project=TEXT_PROJECT,
         unique_id=uid("cat-1"),
     )
     check_task_shape(task, "categorization")
@@ -161,13 +186,11 @@ def get_task_returns_the_created_task_unchanged():
 
 
 @check
-def create_three_more_tasks_in_the_project():
-    extra = [image_task(unique_id=uid(f"img-{n}")) for n in range(2, 5)]
+def create_four_more_tasks_in_the_project():
+    extra = [image_task(unique_id=uid(f"img-{n}")) for n in range(2, 6)]
     for task in extra:
         check_task_shape(task, "imageannotation")
-    state["all_ids"] = [state["image"].id, state["categorization"].id] + [
-        t.id for t in extra
-    ]
+    state["all_ids"] = [state["image"].id] + [t.id for t in extra]
     assert len(set(state["all_ids"])) == 5, state["all_ids"]
 
 
@@ -213,10 +236,12 @@ def get_tasks_generator_yields_every_project_task_once():
 def get_tasks_count_counts_the_project_and_honours_filters():
     assert client.get_tasks_count(project_name=PROJECT) == 5
     count = client.get_tasks_count(
-        project_name=PROJECT, unique_id=[uid("img-1"), uid("cat-1"), uid("none")]
+        project_name=PROJECT, unique_id=[uid("img-1"), uid("img-2"), uid("cat-1")]
     )
     assert count == 2, f"unique_id filter counted {count}"
     count = client.get_tasks_count(project_name=PROJECT, task_type=TaskType.Categorization)
+    assert count == 0, f"type filter counted {count}"
+    count = client.get_tasks_count(project_name=TEXT_PROJECT, task_type=TaskType.Categorization)
     assert count == 1, f"type filter counted {count}"
     count = client.get_tasks_count(project_name=PROJECT, tags="first")
     assert count == 1, f"tags filter counted {count}"
@@ -292,7 +317,7 @@ def a_missing_required_field_raises_invalid_request_naming_it():
         instruction="Is this text about cars?",
         attachment="A red car drives by.",
         attachment_type="text",
-        project=PROJECT,
+        project=TEXT_PROJECT,
     )
     assert "categories" in err.message, f"field not named in {err.message!r}"
     assert client.get_tasks_count(project_name=PROJECT) == 5, "a task was created anyway"
@@ -300,7 +325,7 @@ def a_missing_required_field_raises_invalid_request_naming_it():
 
 @check
 def cancel_with_clear_unique_id_frees_the_unique_id():
-    task_id = state["all_ids"][-1]  # img-4
+    task_id = state["all_ids"][-1]  # img-5
     canceled = client.cancel_task(task_id, clear_unique_id=True)
     assert canceled.id == task_id
     assert canceled.status == "canceled", canceled.as_dict()
@@ -309,8 +334,8 @@ def cancel_with_clear_unique_id_frees_the_unique_id():
     assert fetched.status == "canceled" and not has_unique_id(fetched), fetched.as_dict()
     again = client.cancel_task(task_id)
     assert again.status == "canceled", f"second cancel: {again.as_dict()}"
-    reused = image_task(unique_id=uid("img-4"), project=OTHER_PROJECT)
-    assert reused.unique_id == uid("img-4") and reused.id != task_id, reused.as_dict()
+    reused = image_task(unique_id=uid("img-5"), project=OTHER_PROJECT)
+    assert reused.unique_id == uid("img-5") and reused.id != task_id, reused.as_dict()
     state["reused"] = reused
 
 
@@ -349,9 +374,9 @@ def update_task_unique_id_sets_it_and_a_taken_one_is_refused():
     task_id = state["categorization"].id
     updated = client.update_task_unique_id(task_id, uid("cat-renamed"))
     assert updated.unique_id == uid("cat-renamed"), updated.as_dict()
-    found = list(client.get_tasks(project_name=PROJECT, unique_id=uid("cat-renamed")))
+    found = list(client.get_tasks(project_name=TEXT_PROJECT, unique_id=uid("cat-renamed")))
     assert [t.id for t in found] == [task_id], found
-    assert client.get_tasks_count(project_name=PROJECT, unique_id=uid("cat-1")) == 0
+    assert client.get_tasks_count(project_name=TEXT_PROJECT, unique_id=uid("cat-1")) == 0
     same = client.update_task_unique_id(task_id, uid("cat-renamed"))
     assert same.unique_id == uid("cat-renamed"), f"own value: {same.as_dict()}"
     holder = state["image"].id
@@ -420,6 +445,104 @@ def tasks_of_another_project_are_not_listed():
     ids = [t.id for t in client.get_tasks(project_name=OTHER_PROJECT)]
     assert ids == [state["reused"].id], ids
     assert client.get_tasks_count(project_name=PROJECT) == 5
+
+
+@check
+def update_project_appends_a_version_that_new_tasks_inherit():
+    updated = client.update_project(PROJECT, instruction="Box every bicycle")
+    assert updated.version == 1, updated.as_dict()
+    assert updated.instruction == "Box every bicycle", updated.as_dict()
+    patched = client.update_project(PROJECT, patch=True, extra_note="kept")
+    assert patched.version == 2, patched.as_dict()
+    assert patched.params.get("instruction") == "Box every bicycle", patched.as_dict()
+    assert patched.params.get("extra_note") == "kept", patched.as_dict()
+    replaced = client.update_project(PROJECT, instruction="Box every car")
+    assert replaced.version == 3 and "extra_note" not in replaced.params, replaced.as_dict()
+    task = client.create_task(
+        TaskType.ImageAnnotation,
+        attachment="https://example.com/bike.png",
+        geometries={"box": {"objects_to_annotate": ["car"]}},
+        project=PROJECT,
+        unique_id=uid("inherits"),
+    )
+    assert task.instruction == "Box every car", task.as_dict()
+    assert task.as_dict().get("project_param_version") == 3, task.as_dict()
+    err = expect_error(
+        ScaleInvalidRequest,
+        client.create_task,
+        TaskType.Categorization,
+        instruction="x",
+        attachment="y",
+        categories=["a"],
+        project=PROJECT,
+    )
+    assert PROJECT in err.message, err.message
+    client.cancel_task(task.id)
+
+
+@check
+def a_batch_is_created_filled_finalized_and_completes_when_its_tasks_finish():
+    client.create_project(BATCH_PROJECT, TaskType.ImageAnnotation, params={"instruction": "Box it"})
+    batch = client.create_batch(BATCH_PROJECT, BATCH, metadata={"run": RUN})
+    assert batch.name == BATCH and batch.project == BATCH_PROJECT, batch.as_dict()
+    assert batch.status == BatchStatus.InProgress.value, batch.as_dict()
+    assert batch.metadata == {"run": RUN}, batch.as_dict()
+    err = expect_error(ScaleDuplicateResource, client.create_batch, BATCH_PROJECT, BATCH)
+    assert err.code == 409, err.code
+    tasks = [
+        client.create_task(
+            TaskType.ImageAnnotation,
+            attachment=f"https://example.com/{n}.png",
+            geometries={"box": {"objects_to_annotate": ["car"]}},
+            batch=BATCH,
+        )
+        for n in range(3)
+    ]
+    for task in tasks:
+        assert task.batch == BATCH and task.project == BATCH_PROJECT, task.as_dict()
+        assert task.instruction == "Box it", task.as_dict()
+    finalized = client.finalize_batch(BATCH)
+    assert finalized.status == BatchStatus.InProgress.value, finalized.as_dict()
+    status = client.batch_status(BATCH)
+    assert status["status"] == "in_progress", status
+    assert (status["pending"], status["completed"], status["error"], status["canceled"]) == (3, 0, 0, 0), status
+    fetched = client.get_batch(BATCH)
+    fetched.get_status()
+    assert fetched.tasks_pending == 3, fetched.as_dict()
+    ids = {t.id for t in client.get_tasks(batch_name=BATCH)}
+    assert ids == {t.id for t in tasks}, ids
+    assert client.get_tasks_count(batch_name=BATCH) == 3
+    assert client.get_tasks_count(project_name=BATCH_PROJECT, batch_name=BATCH, status=TaskStatus.Pending) == 3
+    for task in tasks:
+        client.cancel_task(task.id)
+    done = client.get_batch(BATCH)
+    assert done.status == BatchStatus.Completed.value, done.as_dict()
+    assert client.batch_status(BATCH)["canceled"] == 3
+    err = expect_error(
+        ScaleInvalidRequest,
+        client.create_task,
+        TaskType.ImageAnnotation,
+        attachment="https://example.com/late.png",
+        geometries={"box": {"objects_to_annotate": ["car"]}},
+        batch=BATCH,
+    )
+    assert "completed" in err.message, err.message
+
+
+@check
+def batches_are_listed_paged_by_offset_and_take_new_metadata():
+    for n in range(2):
+        client.create_batch(BATCH_PROJECT, f"{BATCH}-{n}")
+    page = client.batches(project=BATCH_PROJECT, limit=2)
+    assert page.total == 3 and len(page.docs) == 2 and page.has_more, vars(page)
+    names = [b.name for b in client.get_batches(project_name=BATCH_PROJECT)]
+    assert sorted(names) == sorted([BATCH, f"{BATCH}-0", f"{BATCH}-1"]), names
+    completed = [b.name for b in client.get_batches(project_name=BATCH_PROJECT, batch_status=BatchStatus.Completed)]
+    assert completed == [BATCH], completed
+    updated = client.set_batch_metadata(f"{BATCH}-0", {"reviewed": True})
+    assert updated.metadata == {"reviewed": True}, updated.as_dict()
+    assert client.get_batch(f"{BATCH}-0").metadata == {"reviewed": True}
+    expect_error(ScaleResourceNotFound, client.get_batch, f"{BATCH}-nobody")
 
 
 # ------------------------------------------------------------------------------ main

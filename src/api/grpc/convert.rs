@@ -4,10 +4,10 @@ use prost_types::{value::Kind, ListValue, Struct};
 use serde_json::{Map, Number, Value};
 
 use crate::{
-    domain::{Task, TaskStatus, Timestamp},
+    domain::{Batch, BatchCounts, BatchStatus, Project, Task, TaskStatus, Timestamp},
     error::Error,
     proto,
-    service::TaskPage,
+    service::{BatchPage, TaskPage},
 };
 
 pub fn json_to_struct(map: &Map<String, Value>) -> Struct {
@@ -114,6 +114,7 @@ pub fn task(task: Task) -> proto::Task {
         unique_id: task.unique_id,
         tags: task.tags.unwrap_or_default(),
         project: task.project,
+        project_param_version: task.project_param_version,
         batch: task.batch,
         response: task.response.map(|response| match response {
             Value::Object(map) => json_to_struct(&map),
@@ -155,9 +156,81 @@ pub fn page(page: TaskPage) -> proto::ListTasksResponse {
         docs: page.docs.into_iter().map(render).collect(),
         total: i64::try_from(page.total).unwrap_or(i64::MAX),
         limit: i32::try_from(page.limit).unwrap_or(i32::MAX),
-        offset: 0,
+        offset: i32::try_from(page.offset).unwrap_or(i32::MAX),
         has_more: page.has_more,
         next_token: page.next_token,
+    }
+}
+
+pub fn project(project: Project) -> proto::Project {
+    proto::Project {
+        name: project.name,
+        r#type: project.task_type,
+        created_at: Some(timestamp(project.created_at)),
+        param_history: project
+            .param_history
+            .into_iter()
+            .map(|entry| proto::ProjectParams {
+                version: entry.version,
+                created_at: Some(timestamp(entry.created_at)),
+                params: Some(json_to_struct(&entry.params)),
+            })
+            .collect(),
+    }
+}
+
+pub fn batch_status(status: BatchStatus) -> proto::BatchStatus {
+    match status {
+        BatchStatus::Staging => proto::BatchStatus::Staging,
+        BatchStatus::InProgress => proto::BatchStatus::InProgress,
+        BatchStatus::Completed => proto::BatchStatus::Completed,
+    }
+}
+
+/// `None` for `UNSPECIFIED` (no filter); unknown numbers are an error.
+pub fn from_batch_status(value: i32) -> Result<Option<BatchStatus>, Error> {
+    match proto::BatchStatus::try_from(value) {
+        Ok(proto::BatchStatus::Unspecified) => Ok(None),
+        Ok(proto::BatchStatus::Staging) => Ok(Some(BatchStatus::Staging)),
+        Ok(proto::BatchStatus::InProgress) => Ok(Some(BatchStatus::InProgress)),
+        Ok(proto::BatchStatus::Completed) => Ok(Some(BatchStatus::Completed)),
+        Err(_) => Err(Error::invalid(format!(
+            "Field 'status' has an unknown value {value}."
+        ))),
+    }
+}
+
+pub fn batch(batch: Batch) -> proto::Batch {
+    proto::Batch {
+        name: batch.name,
+        project: batch.project,
+        status: batch_status(batch.status).into(),
+        created_at: Some(timestamp(batch.created_at)),
+        updated_at: Some(timestamp(batch.updated_at)),
+        completed_at: batch.completed_at.map(timestamp),
+        callback: batch.callback.unwrap_or_default(),
+        metadata: Some(json_to_struct(&batch.metadata)),
+    }
+}
+
+pub fn batch_page(page: BatchPage) -> proto::ListBatchesResponse {
+    proto::ListBatchesResponse {
+        docs: page.docs.into_iter().map(batch).collect(),
+        total: i64::try_from(page.total).unwrap_or(i64::MAX),
+        limit: i32::try_from(page.limit).unwrap_or(i32::MAX),
+        offset: i32::try_from(page.offset).unwrap_or(i32::MAX),
+        has_more: page.has_more,
+    }
+}
+
+pub fn batch_counts(batch: &Batch, counts: BatchCounts) -> proto::GetBatchStatusResponse {
+    let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    proto::GetBatchStatusResponse {
+        status: batch_status(batch.status).into(),
+        pending: count(counts.pending),
+        completed: count(counts.completed),
+        error: count(counts.error),
+        canceled: count(counts.canceled),
     }
 }
 

@@ -15,7 +15,7 @@ fn grpc_code(err: &Error) -> Code {
         Error::PermissionDenied(_) => Code::PermissionDenied,
         Error::Unauthenticated(_) => Code::Unauthenticated,
         Error::NotFound(_) => Code::NotFound,
-        Error::UniqueIdConflict { .. } => Code::AlreadyExists,
+        Error::UniqueIdConflict { .. } | Error::Conflict(_) => Code::AlreadyExists,
         Error::IdempotencyConflict(_) => Code::Aborted,
         Error::IdempotencyInFlight | Error::PayloadTooLarge(_) => Code::ResourceExhausted,
         Error::Unavailable => Code::Unavailable,

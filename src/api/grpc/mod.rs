@@ -1,14 +1,18 @@
 //! The gRPC services (served to browsers too, through grpc-web): decode, call the service,
 //! encode. One file per service; shared request plumbing lives here.
 
+mod batches;
 pub mod convert;
 mod error;
+mod projects;
 mod tasks;
 mod work;
 
 use axum::{http::HeaderName, response::Response};
 use tonic::{metadata::MetadataValue, Request, Status};
 
+pub use batches::GrpcBatches;
+pub use projects::GrpcProjects;
 pub use tasks::GrpcTasks;
 pub use work::GrpcWork;
 

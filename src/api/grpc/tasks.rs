@@ -47,7 +47,7 @@ fn reply(task: Result<crate::domain::Task, Error>) -> TaskResult {
     Ok(Response::new(convert::task(task?)))
 }
 
-fn time_range(
+pub(super) fn time_range(
     from_name: &str,
     from: Option<prost_types::Timestamp>,
     to_name: &str,
@@ -100,6 +100,13 @@ fn list_query(request: proto::ListTasksRequest) -> Result<ListQuery, Error> {
             customer_review_statuses: request.customer_review_status,
         },
         limit: (request.limit != 0).then_some(i64::from(request.limit)),
+        offset: match request.offset {
+            0 => None,
+            offset => Some(
+                u64::try_from(offset)
+                    .map_err(|_| Error::invalid("Parameter 'offset' must be 0 or more."))?,
+            ),
+        },
         after,
         limited_response: request.limited_response,
     })

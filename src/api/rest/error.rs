@@ -16,9 +16,10 @@ fn http_status(err: &Error) -> StatusCode {
         Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
         Error::PermissionDenied(_) => StatusCode::FORBIDDEN,
         Error::NotFound(_) => StatusCode::NOT_FOUND,
-        Error::UniqueIdConflict { .. } | Error::LeaseLost(_) | Error::IdempotencyConflict(_) => {
-            StatusCode::CONFLICT
-        }
+        Error::UniqueIdConflict { .. }
+        | Error::Conflict(_)
+        | Error::LeaseLost(_)
+        | Error::IdempotencyConflict(_) => StatusCode::CONFLICT,
         Error::IdempotencyInFlight => StatusCode::TOO_MANY_REQUESTS,
         Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         Error::Unavailable => StatusCode::SERVICE_UNAVAILABLE,

@@ -2,7 +2,10 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::{domain::Task, service::TaskPage};
+use crate::{
+    domain::{Batch, BatchCounts, Project, Task},
+    service::{BatchPage, TaskPage},
+};
 
 pub fn task(task: &Task) -> Value {
     let mut doc = Map::new();
@@ -32,6 +35,9 @@ pub fn task(task: &Task) -> Value {
     }
     if let Some(project) = &task.project {
         doc.insert("project".into(), json!(project));
+    }
+    if let Some(version) = task.project_param_version {
+        doc.insert("project_param_version".into(), json!(version));
     }
     if let Some(batch) = &task.batch {
         doc.insert("batch".into(), json!(batch));
@@ -88,11 +94,73 @@ pub fn page(page: &TaskPage) -> Value {
     );
     doc.insert("total".into(), json!(page.total));
     doc.insert("limit".into(), json!(page.limit));
-    // Paging is by cursor; Scale's Python client requires the key all the same.
-    doc.insert("offset".into(), json!(0));
+    // Scale's Python client requires the key even when paging by cursor.
+    doc.insert("offset".into(), json!(page.offset));
     doc.insert("has_more".into(), json!(page.has_more));
     if let Some(token) = &page.next_token {
         doc.insert("next_token".into(), json!(token));
     }
     Value::Object(doc)
+}
+
+/// A project as Scale returns it: each `param_history` entry is its params with `version`
+/// and `created_at` beside them.
+pub fn project(project: &Project) -> Value {
+    let history: Vec<Value> = project
+        .param_history
+        .iter()
+        .map(|entry| {
+            let mut doc = entry.params.clone();
+            doc.insert("version".into(), json!(entry.version));
+            doc.insert("created_at".into(), json!(entry.created_at.to_iso()));
+            Value::Object(doc)
+        })
+        .collect();
+    json!({
+        "name": project.name,
+        "type": project.task_type,
+        "created_at": project.created_at.to_iso(),
+        "param_history": history,
+    })
+}
+
+pub fn batch(batch: &Batch) -> Value {
+    let mut doc = Map::new();
+    doc.insert("name".into(), json!(batch.name));
+    doc.insert("project".into(), json!(batch.project));
+    doc.insert("status".into(), json!(batch.status.as_str()));
+    doc.insert("created_at".into(), json!(batch.created_at.to_iso()));
+    doc.insert("updated_at".into(), json!(batch.updated_at.to_iso()));
+    if let Some(completed_at) = batch.completed_at {
+        doc.insert("completed_at".into(), json!(completed_at.to_iso()));
+    }
+    // Scale shows an empty string when no callback is set.
+    doc.insert(
+        "callback".into(),
+        json!(batch.callback.as_deref().unwrap_or("")),
+    );
+    doc.insert("metadata".into(), Value::Object(batch.metadata.clone()));
+    Value::Object(doc)
+}
+
+/// `GET /v1/batches`: Scale's envelope, with `total` beside Scale's `totalDocs`.
+pub fn batch_page(page: &BatchPage) -> Value {
+    json!({
+        "docs": page.docs.iter().map(batch).collect::<Vec<_>>(),
+        "totalDocs": page.total,
+        "total": page.total,
+        "limit": page.limit,
+        "offset": page.offset,
+        "has_more": page.has_more,
+    })
+}
+
+pub fn batch_status(batch: &Batch, counts: &BatchCounts) -> Value {
+    json!({
+        "status": batch.status.as_str(),
+        "pending": counts.pending,
+        "completed": counts.completed,
+        "error": counts.error,
+        "canceled": counts.canceled,
+    })
 }

@@ -1,10 +1,12 @@
 //! Scale's REST API under `/v1`, plus the ops endpoints: decode the request, call the service,
 //! encode Scale's JSON. One file per resource; shared request plumbing lives in `extract`.
 
+mod batches;
 mod error;
 mod extract;
 pub mod json;
 mod ops;
+mod projects;
 mod tasks;
 mod work;
 
@@ -23,6 +25,8 @@ pub fn v1_router(service: AppState) -> Router {
     Router::new()
         .merge(tasks::routes())
         .merge(work::routes())
+        .merge(projects::routes())
+        .merge(batches::routes())
         .method_not_allowed_fallback(error::method_not_allowed)
         .with_state(service)
 }

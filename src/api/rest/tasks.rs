@@ -207,6 +207,11 @@ fn parse_list_query(query: &str) -> Result<ListQuery> {
                     Error::invalid("Parameter 'limit' must be an integer between 1 and 100.")
                 })?)
             }
+            "offset" => {
+                list.offset = Some(value.trim().parse().map_err(|_| {
+                    Error::invalid("Parameter 'offset' must be an integer, 0 or more.")
+                })?)
+            }
             "next_token" => {
                 list.after = Some(PageToken::decode(&value).ok_or_else(|| {
                     Error::invalid("Parameter 'next_token' is not a valid page token.")

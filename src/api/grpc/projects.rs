@@ -1,0 +1,77 @@
+//! `annotask.v1.ProjectService`.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::{caller, convert};
+use crate::{
+    proto::{self, project_service_server::ProjectService},
+    service::Service,
+};
+
+pub struct GrpcProjects {
+    service: Arc<Service>,
+}
+
+impl GrpcProjects {
+    pub fn new(service: Arc<Service>) -> Self {
+        GrpcProjects { service }
+    }
+}
+
+type ProjectResult = Result<Response<proto::Project>, Status>;
+
+#[tonic::async_trait]
+impl ProjectService for GrpcProjects {
+    async fn create_project(&self, request: Request<proto::CreateProjectRequest>) -> ProjectResult {
+        let caller = caller(&self.service, &request).await?;
+        let request = request.into_inner();
+        let params = request
+            .params
+            .map(convert::struct_to_json)
+            .unwrap_or_default();
+        let project = self
+            .service
+            .create_project(caller, &request.name, &request.r#type, params)
+            .await?;
+        Ok(Response::new(convert::project(project)))
+    }
+
+    async fn get_project(&self, request: Request<proto::GetProjectRequest>) -> ProjectResult {
+        let caller = caller(&self.service, &request).await?;
+        let project = self
+            .service
+            .get_project(caller, &request.into_inner().name)
+            .await?;
+        Ok(Response::new(convert::project(project)))
+    }
+
+    async fn list_projects(
+        &self,
+        request: Request<proto::ListProjectsRequest>,
+    ) -> Result<Response<proto::ListProjectsResponse>, Status> {
+        let caller = caller(&self.service, &request).await?;
+        let projects = self.service.list_projects(caller).await?;
+        Ok(Response::new(proto::ListProjectsResponse {
+            projects: projects.into_iter().map(convert::project).collect(),
+        }))
+    }
+
+    async fn set_project_params(
+        &self,
+        request: Request<proto::SetProjectParamsRequest>,
+    ) -> ProjectResult {
+        let caller = caller(&self.service, &request).await?;
+        let request = request.into_inner();
+        let params = request
+            .params
+            .map(convert::struct_to_json)
+            .unwrap_or_default();
+        let project = self
+            .service
+            .set_project_params(caller, &request.name, params, request.patch)
+            .await?;
+        Ok(Response::new(convert::project(project)))
+    }
+}
