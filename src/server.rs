@@ -49,26 +49,23 @@ impl App {
 
     pub async fn router(&self) -> Result<Router, BoxError> {
         let max_body = self.config.limits.max_body_bytes;
-        let tasks = TaskServiceServer::new(grpc::GrpcTasks::new(self.service.clone()))
-            .max_decoding_message_size(max_body);
-        let work = WorkServiceServer::new(grpc::GrpcWork::new(self.service.clone()))
-            .max_decoding_message_size(max_body);
-        let projects = ProjectServiceServer::new(grpc::GrpcProjects::new(self.service.clone()))
-            .max_decoding_message_size(max_body);
-        let batches = BatchServiceServer::new(grpc::GrpcBatches::new(self.service.clone()))
-            .max_decoding_message_size(max_body);
+        let api = grpc::GrpcApi::new(self.service.clone());
+        let tasks = TaskServiceServer::new(api.clone()).max_decoding_message_size(max_body);
+        let work = WorkServiceServer::new(api.clone()).max_decoding_message_size(max_body);
+        let projects = ProjectServiceServer::new(api.clone()).max_decoding_message_size(max_body);
+        let batches = BatchServiceServer::new(api).max_decoding_message_size(max_body);
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter
-            .set_serving::<TaskServiceServer<grpc::GrpcTasks>>()
+            .set_serving::<TaskServiceServer<grpc::GrpcApi>>()
             .await;
         health_reporter
-            .set_serving::<WorkServiceServer<grpc::GrpcWork>>()
+            .set_serving::<WorkServiceServer<grpc::GrpcApi>>()
             .await;
         health_reporter
-            .set_serving::<ProjectServiceServer<grpc::GrpcProjects>>()
+            .set_serving::<ProjectServiceServer<grpc::GrpcApi>>()
             .await;
         health_reporter
-            .set_serving::<BatchServiceServer<grpc::GrpcBatches>>()
+            .set_serving::<BatchServiceServer<grpc::GrpcApi>>()
             .await;
         // Each reflection version lists itself; registering the other version's descriptors
         // (and health's) lets any grpcurl build see every service.

@@ -27,7 +27,7 @@ use crate::{
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]
-struct Received {
+pub struct Received {
     path: String,
     headers: HashMap<String, String>,
     body: Vec<u8>,
@@ -39,7 +39,7 @@ impl Received {
         self.headers.get(name).map_or("", String::as_str)
     }
 
-    fn json(&self) -> Value {
+    pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body).expect("callback body is JSON")
     }
 }
@@ -48,19 +48,21 @@ impl Received {
 type Behaviour = Arc<dyn Fn(&str, usize) -> Answer + Send + Sync>;
 
 #[derive(Clone, Copy)]
-enum Answer {
+pub enum Answer {
     Status(u16),
     Hang,
 }
 
 #[derive(Clone)]
-struct Receiver {
-    url: String,
+pub struct Receiver {
+    pub url: String,
     received: Arc<Mutex<Vec<Received>>>,
 }
 
 impl Receiver {
-    async fn start(behaviour: impl Fn(&str, usize) -> Answer + Send + Sync + 'static) -> Receiver {
+    pub async fn start(
+        behaviour: impl Fn(&str, usize) -> Answer + Send + Sync + 'static,
+    ) -> Receiver {
         let received = Arc::new(Mutex::new(Vec::new()));
         let state = (received.clone(), Arc::new(behaviour) as Behaviour);
         let app = Router::new()
@@ -76,7 +78,7 @@ impl Receiver {
         Receiver { url, received }
     }
 
-    fn requests(&self, path: &str) -> Vec<Received> {
+    pub fn requests(&self, path: &str) -> Vec<Received> {
         let received = self.received.lock().expect("lock");
         received
             .iter()
@@ -86,7 +88,7 @@ impl Receiver {
     }
 
     /// Waits until `path` got `count` requests (or fails after `within`).
-    async fn wait_for(&self, path: &str, count: usize, within: Duration) -> Vec<Received> {
+    pub async fn wait_for(&self, path: &str, count: usize, within: Duration) -> Vec<Received> {
         let deadline = Instant::now() + within;
         loop {
             let requests = self.requests(path);
@@ -195,7 +197,7 @@ async fn callback_succeeded(app: &TestApp, task_id: &str, within: Duration) -> O
 
 /// Standard Webhooks verification, written here from the specification rather than taken
 /// from the server: HMAC-SHA256 keyed with the bytes behind `whsec_`, over `id.ts.body`.
-fn verify_signature(signing_secret: &str, request: &Received) -> bool {
+pub fn verify_signature(signing_secret: &str, request: &Received) -> bool {
     let key = STANDARD
         .decode(signing_secret.trim_start_matches("whsec_"))
         .expect("secret is base64");

@@ -10,6 +10,7 @@ mod hostile;
 mod idempotency;
 mod limits;
 mod process;
+mod projects_batches;
 mod rest_list;
 mod rest_tasks;
 mod scale_client;

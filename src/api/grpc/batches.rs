@@ -1,33 +1,23 @@
 //! `annotask.v1.BatchService`.
 
-use std::sync::Arc;
-
 use serde_json::Value;
 use tonic::{Request, Response, Status};
 
-use super::{caller, convert, non_empty, tasks::time_range};
+use super::{convert, non_empty, tasks::time_range, GrpcApi};
 use crate::{
     domain::BatchFilter,
     proto::{self, batch_service_server::BatchService},
-    service::{NewBatch, Service},
+    service::NewBatch,
 };
 
-pub struct GrpcBatches {
-    service: Arc<Service>,
-}
-
-impl GrpcBatches {
-    pub fn new(service: Arc<Service>) -> Self {
-        GrpcBatches { service }
-    }
-}
+impl GrpcApi {}
 
 type BatchResult = Result<Response<proto::Batch>, Status>;
 
 #[tonic::async_trait]
-impl BatchService for GrpcBatches {
+impl BatchService for GrpcApi {
     async fn create_batch(&self, request: Request<proto::CreateBatchRequest>) -> BatchResult {
-        let caller = caller(&self.service, &request).await?;
+        let caller = self.caller(&request).await?;
         let request = request.into_inner();
         let new = NewBatch {
             name: request.name,
@@ -43,7 +33,7 @@ impl BatchService for GrpcBatches {
     }
 
     async fn get_batch(&self, request: Request<proto::GetBatchRequest>) -> BatchResult {
-        let caller = caller(&self.service, &request).await?;
+        let caller = self.caller(&request).await?;
         let batch = self
             .service
             .get_batch(caller, &request.into_inner().name)
@@ -55,7 +45,7 @@ impl BatchService for GrpcBatches {
         &self,
         request: Request<proto::ListBatchesRequest>,
     ) -> Result<Response<proto::ListBatchesResponse>, Status> {
-        let caller = caller(&self.service, &request).await?;
+        let caller = self.caller(&request).await?;
         let request = request.into_inner();
         let filter = BatchFilter {
             project: non_empty(request.project),
@@ -76,7 +66,7 @@ impl BatchService for GrpcBatches {
     }
 
     async fn finalize_batch(&self, request: Request<proto::FinalizeBatchRequest>) -> BatchResult {
-        let caller = caller(&self.service, &request).await?;
+        let caller = self.caller(&request).await?;
         let batch = self
             .service
             .finalize_batch(caller, &request.into_inner().name)
@@ -88,7 +78,7 @@ impl BatchService for GrpcBatches {
         &self,
         request: Request<proto::GetBatchStatusRequest>,
     ) -> Result<Response<proto::GetBatchStatusResponse>, Status> {
-        let caller = caller(&self.service, &request).await?;
+        let caller = self.caller(&request).await?;
         let (batch, counts) = self
             .service
             .batch_status(caller, &request.into_inner().name)
@@ -100,14 +90,9 @@ impl BatchService for GrpcBatches {
         &self,
         request: Request<proto::SetBatchMetadataRequest>,
     ) -> BatchResult {
-        let caller = caller(&self.service, &request).await?;
+        let caller = self.caller(&request).await?;
         let request = request.into_inner();
-        let metadata = Value::Object(
-            request
-                .metadata
-                .map(convert::struct_to_json)
-                .unwrap_or_default(),
-        );
+        let metadata = Value::Object(convert::object_or_empty(request.metadata));
         let batch = self
             .service
             .set_batch_metadata(caller, &request.name, metadata)

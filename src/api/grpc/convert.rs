@@ -41,6 +41,11 @@ pub fn struct_to_json(value: Struct) -> Map<String, Value> {
         .collect()
 }
 
+/// An optional `Struct` field as a JSON object (`{}` when unset).
+pub fn object_or_empty(value: Option<Struct>) -> Map<String, Value> {
+    value.map(struct_to_json).unwrap_or_default()
+}
+
 fn value_to_json(value: prost_types::Value) -> Value {
     match value.kind {
         None | Some(Kind::NullValue(_)) => Value::Null,

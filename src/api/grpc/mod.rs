@@ -8,13 +8,10 @@ mod projects;
 mod tasks;
 mod work;
 
+use std::sync::Arc;
+
 use axum::{http::HeaderName, response::Response};
 use tonic::{metadata::MetadataValue, Request, Status};
-
-pub use batches::GrpcBatches;
-pub use projects::GrpcProjects;
-pub use tasks::GrpcTasks;
-pub use work::GrpcWork;
 
 use crate::{
     domain::Caller,
@@ -22,13 +19,26 @@ use crate::{
     service::Service,
 };
 
-/// The caller named by the `authorization` metadata (Bearer, or Basic as on REST).
-async fn caller<T>(service: &Service, request: &Request<T>) -> Result<Caller, Status> {
-    let authorization = request
-        .metadata()
-        .get("authorization")
-        .and_then(|value| value.to_str().ok());
-    Ok(service.authenticate(authorization).await?)
+/// Every gRPC service (tasks, work, projects, batches) over the one service layer; each
+/// service's trait is implemented in the file named after it.
+#[derive(Clone)]
+pub struct GrpcApi {
+    service: Arc<Service>,
+}
+
+impl GrpcApi {
+    pub fn new(service: Arc<Service>) -> Self {
+        GrpcApi { service }
+    }
+
+    /// The caller named by the `authorization` metadata (Bearer, or Basic as on REST).
+    async fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .and_then(|value| value.to_str().ok());
+        Ok(self.service.authenticate(authorization).await?)
+    }
 }
 
 /// The `idempotency-key` metadata, when sent.

@@ -1,36 +1,20 @@
 //! `annotask.v1.ProjectService`.
 
-use std::sync::Arc;
-
 use tonic::{Request, Response, Status};
 
-use super::{caller, convert};
-use crate::{
-    proto::{self, project_service_server::ProjectService},
-    service::Service,
-};
+use super::{convert, GrpcApi};
+use crate::proto::{self, project_service_server::ProjectService};
 
-pub struct GrpcProjects {
-    service: Arc<Service>,
-}
-
-impl GrpcProjects {
-    pub fn new(service: Arc<Service>) -> Self {
-        GrpcProjects { service }
-    }
-}
+impl GrpcApi {}
 
 type ProjectResult = Result<Response<proto::Project>, Status>;
 
 #[tonic::async_trait]
-impl ProjectService for GrpcProjects {
+impl ProjectService for GrpcApi {
     async fn create_project(&self, request: Request<proto::CreateProjectRequest>) -> ProjectResult {
-        let caller = caller(&self.service, &request).await?;
+        let caller = self.caller(&request).await?;
         let request = request.into_inner();
-        let params = request
-            .params
-            .map(convert::struct_to_json)
-            .unwrap_or_default();
+        let params = convert::object_or_empty(request.params);
         let project = self
             .service
             .create_project(caller, &request.name, &request.r#type, params)
@@ -39,7 +23,7 @@ impl ProjectService for GrpcProjects {
     }
 
     async fn get_project(&self, request: Request<proto::GetProjectRequest>) -> ProjectResult {
-        let caller = caller(&self.service, &request).await?;
+        let caller = self.caller(&request).await?;
         let project = self
             .service
             .get_project(caller, &request.into_inner().name)
@@ -51,7 +35,7 @@ impl ProjectService for GrpcProjects {
         &self,
         request: Request<proto::ListProjectsRequest>,
     ) -> Result<Response<proto::ListProjectsResponse>, Status> {
-        let caller = caller(&self.service, &request).await?;
+        let caller = self.caller(&request).await?;
         let projects = self.service.list_projects(caller).await?;
         Ok(Response::new(proto::ListProjectsResponse {
             projects: projects.into_iter().map(convert::project).collect(),
@@ -62,12 +46,9 @@ impl ProjectService for GrpcProjects {
         &self,
         request: Request<proto::SetProjectParamsRequest>,
     ) -> ProjectResult {
-        let caller = caller(&self.service, &request).await?;
+        let caller = self.caller(&request).await?;
         let request = request.into_inner();
-        let params = request
-            .params
-            .map(convert::struct_to_json)
-            .unwrap_or_default();
+        let params = convert::object_or_empty(request.params);
         let project = self
             .service
             .set_project_params(caller, &request.name, params, request.patch)

@@ -1,31 +1,17 @@
 //! `annotask.v1.TaskService`.
 
-use std::sync::Arc;
-
 use serde_json::{Map, Value};
 use tonic::{Request, Response, Status};
 
-use super::{caller, convert, idempotency_key, mark_replayed, non_empty};
+use super::{convert, idempotency_key, mark_replayed, non_empty, GrpcApi};
 use crate::{
     domain::{Caller, ListQuery, PageToken, TaskFilter, TimeRange},
     error::Error,
     proto::{self, task_service_server::TaskService},
-    service::{Service, TagEdit},
+    service::TagEdit,
 };
 
-pub struct GrpcTasks {
-    service: Arc<Service>,
-}
-
-impl GrpcTasks {
-    pub fn new(service: Arc<Service>) -> Self {
-        GrpcTasks { service }
-    }
-
-    async fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
-        caller(&self.service, request).await
-    }
-
+impl GrpcApi {
     async fn edit_tags(
         &self,
         caller: Caller,
@@ -114,10 +100,7 @@ fn list_query(request: proto::ListTasksRequest) -> Result<ListQuery, Error> {
 
 /// The gRPC request rebuilt into the REST body's shape, so one code path validates both.
 fn creation_fields(request: proto::CreateTaskRequest) -> Map<String, Value> {
-    let mut fields = request
-        .params
-        .map(convert::struct_to_json)
-        .unwrap_or_default();
+    let mut fields = convert::object_or_empty(request.params);
     let mut set = |name: &str, value: Option<Value>| {
         if let Some(value) = value {
             fields.insert(name.to_owned(), value);
@@ -149,7 +132,7 @@ fn creation_fields(request: proto::CreateTaskRequest) -> Map<String, Value> {
 }
 
 #[tonic::async_trait]
-impl TaskService for GrpcTasks {
+impl TaskService for GrpcApi {
     async fn create_task(&self, request: Request<proto::CreateTaskRequest>) -> TaskResult {
         let caller = self.caller(&request).await?;
         let idempotency_key = idempotency_key(&request)?;
@@ -217,12 +200,7 @@ impl TaskService for GrpcTasks {
     ) -> TaskResult {
         let caller = self.caller(&request).await?;
         let request = request.into_inner();
-        let metadata = Value::Object(
-            request
-                .metadata
-                .map(convert::struct_to_json)
-                .unwrap_or_default(),
-        );
+        let metadata = Value::Object(convert::object_or_empty(request.metadata));
         reply(
             self.service
                 .set_task_metadata(caller, &request.task_id, metadata)

@@ -1,26 +1,16 @@
 //! `annotask.v1.WorkService`.
 
-use std::sync::Arc;
-
 use serde_json::Value;
 use tonic::{Request, Response, Status};
 
-use super::{caller, convert, non_empty};
+use super::{convert, non_empty, GrpcApi};
 use crate::{
     domain::ClaimFilter,
     proto::{self, work_service_server::WorkService},
-    service::{ClaimRequest, Service},
+    service::ClaimRequest,
 };
 
-pub struct GrpcWork {
-    service: Arc<Service>,
-}
-
-impl GrpcWork {
-    pub fn new(service: Arc<Service>) -> Self {
-        GrpcWork { service }
-    }
-}
+impl GrpcApi {}
 
 type TaskResult = Result<Response<proto::Task>, Status>;
 
@@ -30,12 +20,12 @@ fn given(value: i32) -> Option<i64> {
 }
 
 #[tonic::async_trait]
-impl WorkService for GrpcWork {
+impl WorkService for GrpcApi {
     async fn claim_tasks(
         &self,
         request: Request<proto::ClaimTasksRequest>,
     ) -> Result<Response<proto::ClaimTasksResponse>, Status> {
-        let caller = caller(&self.service, &request).await?;
+        let caller = self.caller(&request).await?;
         let request = request.into_inner();
         let claim = ClaimRequest {
             filter: ClaimFilter {
@@ -63,7 +53,7 @@ impl WorkService for GrpcWork {
         &self,
         request: Request<proto::HeartbeatLeaseRequest>,
     ) -> Result<Response<proto::HeartbeatLeaseResponse>, Status> {
-        let caller = caller(&self.service, &request).await?;
+        let caller = self.caller(&request).await?;
         let request = request.into_inner();
         let expires_at = self
             .service
@@ -80,7 +70,7 @@ impl WorkService for GrpcWork {
     }
 
     async fn release_lease(&self, request: Request<proto::ReleaseLeaseRequest>) -> TaskResult {
-        let caller = caller(&self.service, &request).await?;
+        let caller = self.caller(&request).await?;
         let request = request.into_inner();
         let task = self
             .service
@@ -90,14 +80,9 @@ impl WorkService for GrpcWork {
     }
 
     async fn complete_task(&self, request: Request<proto::CompleteTaskRequest>) -> TaskResult {
-        let caller = caller(&self.service, &request).await?;
+        let caller = self.caller(&request).await?;
         let request = request.into_inner();
-        let response = Value::Object(
-            request
-                .response
-                .map(convert::struct_to_json)
-                .unwrap_or_default(),
-        );
+        let response = Value::Object(convert::object_or_empty(request.response));
         let task = self
             .service
             .complete_task(caller, &request.task_id, &request.lease_token, response)
@@ -106,7 +91,7 @@ impl WorkService for GrpcWork {
     }
 
     async fn fail_task(&self, request: Request<proto::FailTaskRequest>) -> TaskResult {
-        let caller = caller(&self.service, &request).await?;
+        let caller = self.caller(&request).await?;
         let request = request.into_inner();
         let task = self
             .service

@@ -8,10 +8,8 @@ use axum::{
 };
 
 use super::{
-    extract::{ok, parse_time_param, query_pairs, Auth, JsonBody, Segment},
-    json,
-    projects::{flag, text},
-    AppState,
+    extract::{field_flag, field_text, ok, parse_time_param, query_pairs, Auth, JsonBody, Segment},
+    json, AppState,
 };
 use crate::{
     domain::{BatchFilter, BatchStatus},
@@ -36,11 +34,11 @@ async fn create_batch(
     // Scale's client also sends `calibration_batch` and `self_label_batch`: ignored.
     let mut body = body.object()?;
     let new = NewBatch {
-        name: text(&body, "name")?.unwrap_or_default(),
-        project: text(&body, "project")?.unwrap_or_default(),
-        callback: text(&body, "callback")?,
+        name: field_text(&body, "name")?.unwrap_or_default(),
+        project: field_text(&body, "project")?.unwrap_or_default(),
+        callback: field_text(&body, "callback")?,
         metadata: body.remove("metadata"),
-        staging: flag(&body, "staging")?,
+        staging: field_flag(&body, "staging")?,
     };
     let batch = service.create_batch(caller, new).await?;
     Ok(ok(json::batch(&batch)))

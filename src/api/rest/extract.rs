@@ -219,6 +219,40 @@ pub fn parse_time_param(name: &str, value: &str) -> Result<Timestamp> {
     })
 }
 
+/// A string field of a JSON body; absent or null is `None`.
+pub fn field_text(body: &Map<String, Value>, name: &str) -> Result<Option<String>> {
+    match body.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text.clone())),
+        Some(_) => Err(Error::invalid(format!(
+            "Parameter '{name}' must be a string."
+        ))),
+    }
+}
+
+/// A boolean field of a JSON body (or a boolean word, as forms send it); absent is false.
+pub fn field_flag(body: &Map<String, Value>, name: &str) -> Result<bool> {
+    match body.get(name) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(flag)) => Ok(*flag),
+        Some(Value::String(text)) => parse_bool_param(name, text),
+        Some(_) => Err(Error::invalid(format!(
+            "Parameter '{name}' must be a boolean."
+        ))),
+    }
+}
+
+/// An integer field of a JSON body (or its digits as a string).
+pub fn field_integer(body: &Map<String, Value>, name: &str) -> Result<Option<i64>> {
+    let invalid = || Error::invalid(format!("Parameter '{name}' must be an integer."));
+    match body.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(number)) => number.as_i64().map(Some).ok_or_else(invalid),
+        Some(Value::String(text)) => text.trim().parse().map(Some).map_err(|_| invalid()),
+        Some(_) => Err(invalid()),
+    }
+}
+
 /// A 200 with a JSON body: Scale's clients treat any other 2xx as an error.
 pub fn ok(value: Value) -> Response {
     (StatusCode::OK, Json(value)).into_response()

@@ -9,7 +9,7 @@ use axum::{
 use serde_json::{Map, Value};
 
 use super::{
-    extract::{ok, parse_bool_param, Auth, JsonBody, Segment},
+    extract::{field_flag, field_text, ok, Auth, JsonBody, Segment},
     json, AppState,
 };
 use crate::error::{Error, Result};
@@ -19,27 +19,6 @@ pub fn routes() -> Router<AppState> {
         .route("/projects", get(list_projects).post(create_project))
         .route("/projects/{name}", get(get_project))
         .route("/projects/{name}/setParams", post(set_project_params))
-}
-
-pub(super) fn text(body: &Map<String, Value>, name: &str) -> Result<Option<String>> {
-    match body.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(text)) => Ok(Some(text.clone())),
-        Some(_) => Err(Error::invalid(format!(
-            "Parameter '{name}' must be a string."
-        ))),
-    }
-}
-
-pub(super) fn flag(body: &Map<String, Value>, name: &str) -> Result<bool> {
-    match body.get(name) {
-        None | Some(Value::Null) => Ok(false),
-        Some(Value::Bool(flag)) => Ok(*flag),
-        Some(Value::String(text)) => parse_bool_param(name, text),
-        Some(_) => Err(Error::invalid(format!(
-            "Parameter '{name}' must be a boolean."
-        ))),
-    }
 }
 
 /// `params` as an object, or none.
@@ -58,8 +37,8 @@ async fn create_project(
 ) -> Result<Response> {
     // Scale's client also sends `rapid`, `studio` and `datasetId`: accepted and ignored.
     let mut body = body.object()?;
-    let name = text(&body, "name")?.unwrap_or_default();
-    let task_type = text(&body, "type")?
+    let name = field_text(&body, "name")?.unwrap_or_default();
+    let task_type = field_text(&body, "type")?
         .ok_or_else(|| Error::invalid("Missing required parameter: 'type'."))?;
     let params = params(&mut body)?;
     let project = service
@@ -94,7 +73,7 @@ async fn set_project_params(
     body: JsonBody,
 ) -> Result<Response> {
     let mut body = body.object()?;
-    let patch = flag(&body, "patch")?;
+    let patch = field_flag(&body, "patch")?;
     body.remove("patch");
     let nested = params(&mut body)?;
     body.extend(nested);

@@ -9,7 +9,7 @@ use axum::{
 use serde_json::{json, Map, Value};
 
 use super::{
-    extract::{ok, task_response, Auth, JsonBody, Segment},
+    extract::{field_integer, field_text, ok, task_response, Auth, JsonBody, Segment},
     json, AppState,
 };
 use crate::{
@@ -27,34 +27,6 @@ pub fn routes() -> Router<AppState> {
         .route("/task/{task_id}/fail", post(fail_task))
 }
 
-fn text(body: &Map<String, Value>, name: &str) -> Result<Option<String>> {
-    match body.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(text)) => Ok(Some(text.clone())),
-        Some(_) => Err(Error::invalid(format!(
-            "Parameter '{name}' must be a string."
-        ))),
-    }
-}
-
-fn integer(body: &Map<String, Value>, name: &str) -> Result<Option<i64>> {
-    match body.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(number)) => number
-            .as_i64()
-            .map(Some)
-            .ok_or_else(|| Error::invalid(format!("Parameter '{name}' must be an integer."))),
-        Some(Value::String(text)) => text
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| Error::invalid(format!("Parameter '{name}' must be an integer."))),
-        Some(_) => Err(Error::invalid(format!(
-            "Parameter '{name}' must be an integer."
-        ))),
-    }
-}
-
 fn lease(claimed: &ClaimedTask) -> Value {
     json!({
         "task": json::task(&claimed.task),
@@ -69,15 +41,16 @@ async fn claim_tasks(
     body: JsonBody,
 ) -> Result<Response> {
     let body = body.object()?;
-    let non_empty = |name| text(&body, name).map(|value| value.filter(|text| !text.is_empty()));
+    let non_empty =
+        |name| field_text(&body, name).map(|value| value.filter(|text| !text.is_empty()));
     let request = ClaimRequest {
         filter: ClaimFilter {
             project: non_empty("project")?,
             batch: non_empty("batch")?,
             task_type: non_empty("type")?,
         },
-        limit: integer(&body, "limit")?,
-        lease_seconds: integer(&body, "lease_seconds")?,
+        limit: field_integer(&body, "limit")?,
+        lease_seconds: field_integer(&body, "lease_seconds")?,
     };
     let claimed = service.claim_tasks(caller, request).await?;
     Ok(ok(
@@ -96,7 +69,7 @@ impl<S: Send + Sync> FromRequest<S> for LeaseBody {
 
     async fn from_request(request: Request, state: &S) -> Result<Self> {
         let fields = JsonBody::from_request(request, state).await?.object()?;
-        let token = text(&fields, "lease_token")?
+        let token = field_text(&fields, "lease_token")?
             .ok_or_else(|| Error::invalid("Missing required parameter: 'lease_token'."))?;
         Ok(LeaseBody { token, fields })
     }
@@ -112,7 +85,7 @@ async fn heartbeat_lease(
     Segment(task_id): Segment,
     lease: LeaseBody,
 ) -> Result<Response> {
-    let seconds = integer(&lease.fields, "lease_seconds")?;
+    let seconds = field_integer(&lease.fields, "lease_seconds")?;
     let expires_at = service
         .heartbeat_lease(caller, &task_id, &lease.token, seconds)
         .await?;
@@ -148,7 +121,7 @@ async fn fail_task(
     Segment(task_id): Segment,
     lease: LeaseBody,
 ) -> Result<Response> {
-    let error = required(text(&lease.fields, "error")?, "error")?;
+    let error = required(field_text(&lease.fields, "error")?, "error")?;
     task_response(
         service
             .fail_task(caller, &task_id, &lease.token, error)
