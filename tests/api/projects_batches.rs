@@ -7,8 +7,8 @@ use std::time::Duration;
 use annotask::proto::{
     batch_service_client::BatchServiceClient, project_service_client::ProjectServiceClient,
     BatchStatus as ProtoBatchStatus, CreateBatchRequest, CreateProjectRequest,
-    FinalizeBatchRequest, GetBatchStatusRequest, GetProjectRequest, ListBatchesRequest,
-    ListProjectsRequest, SetProjectParamsRequest,
+    FinalizeBatchRequest, GetBatchRequest, GetBatchStatusRequest, GetProjectRequest,
+    ListBatchesRequest, ListProjectsRequest, SetBatchMetadataRequest, SetProjectParamsRequest,
 };
 use futures::future::join_all;
 use reqwest::{Method, StatusCode};
@@ -457,6 +457,12 @@ async fn project_and_batch_services_over_grpc(app: TestApp) {
         .expect("list")
         .into_inner();
     assert_eq!(listed.projects.len(), 1);
+    let fetched = projects
+        .get_project(app.grpc_request(GetProjectRequest { name: "g".into() }))
+        .await
+        .expect("GetProject")
+        .into_inner();
+    assert_eq!(fetched, updated);
     let missing = projects
         .get_project(app.grpc_request(GetProjectRequest {
             name: "nope".into(),
@@ -507,6 +513,31 @@ async fn project_and_batch_services_over_grpc(app: TestApp) {
         .expect("list")
         .into_inner();
     assert_eq!((page.total, page.docs.len(), page.has_more), (1, 1, false));
+    let metadata = annotask::api::grpc::convert::json_to_struct(
+        json!({"reviewed": true}).as_object().unwrap(),
+    );
+    let tagged = batches
+        .set_batch_metadata(app.grpc_request(SetBatchMetadataRequest {
+            name: "gb".into(),
+            metadata: Some(metadata.clone()),
+        }))
+        .await
+        .expect("SetBatchMetadata")
+        .into_inner();
+    assert_eq!(tagged.metadata, Some(metadata));
+    let fetched = batches
+        .get_batch(app.grpc_request(GetBatchRequest { name: "gb".into() }))
+        .await
+        .expect("GetBatch")
+        .into_inner();
+    assert_eq!(fetched, tagged);
+    let missing = batches
+        .get_batch(app.grpc_request(GetBatchRequest {
+            name: "nope".into(),
+        }))
+        .await
+        .expect_err("missing batch");
+    assert_eq!(missing.code(), Code::NotFound);
     let worker = app.worker_key().await;
     let denied = batches
         .create_batch(crate::helpers::grpc_request_as(
