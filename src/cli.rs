@@ -1,12 +1,12 @@
 //! `annotask serve | migrate | api-keys create | callbacks show`: the command line and what each command does.
 
-use std::{io, net::SocketAddr, time::Duration};
+use std::{io, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 
 use crate::{
-    config::{parse_callback_schedule, Config, Limits, DEFAULT_CALLBACK_SCHEDULE},
+    config::{parse_callback_schedule, Config, DEFAULT_CALLBACK_SCHEDULE},
     domain::Role,
     server::{App, BoxError},
     telemetry,
@@ -39,7 +39,7 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct DatabaseArgs {
-    /// `sqlite://PATH?mode=rwc` or `postgres://USER@HOST:PORT/DB`.
+    /// Where the data lives: `sqlite://PATH?mode=rwc` (created if missing) or `postgres://USER@HOST:PORT/DB`.
     #[arg(
         long,
         env = "ANNOTASK_DATABASE_URL",
@@ -50,19 +50,19 @@ pub struct DatabaseArgs {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on.
+    /// Address to listen on, `HOST:PORT` (a host name such as `localhost:8080`, or `0.0.0.0:8080` for every interface).
     #[arg(long, env = "ANNOTASK_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
+    pub listen: String,
     #[command(flatten)]
     pub database: DatabaseArgs,
-    /// Largest accepted request body, in bytes (larger: 413).
-    #[arg(long, env = "ANNOTASK_MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes)]
+    /// Largest accepted request body (larger: 413), in bytes or with a unit: `10MiB`, `512KiB`.
+    #[arg(long, env = "ANNOTASK_MAX_BODY_BYTES", default_value = "10MiB", value_parser = parse_size)]
     pub max_body_bytes: usize,
     /// How long an Idempotency-Key and its response are kept (e.g. `24h`, `90m`).
     #[arg(long, env = "ANNOTASK_IDEMPOTENCY_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
     pub idempotency_ttl: std::time::Duration,
-    /// Largest accepted task metadata, in bytes of JSON.
-    #[arg(long, env = "ANNOTASK_MAX_METADATA_BYTES", default_value_t = Limits::default().max_metadata_bytes)]
+    /// Largest accepted task or batch metadata, as JSON: in bytes or with a unit, e.g. `64KiB`.
+    #[arg(long, env = "ANNOTASK_MAX_METADATA_BYTES", default_value = "64KiB", value_parser = parse_size)]
     pub max_metadata_bytes: usize,
     /// Callback retry schedule: comma-separated delays, one attempt each (default: 20 attempts over about 24h).
     #[arg(long, env = "ANNOTASK_CALLBACK_SCHEDULE", default_value = DEFAULT_CALLBACK_SCHEDULE, value_parser = parse_schedule)]
@@ -124,6 +124,14 @@ pub enum CallbacksCommand {
     },
 }
 
+/// `10MiB`, `64 KiB` or a plain number of bytes.
+fn parse_size(text: &str) -> Result<usize, String> {
+    let size: bytesize::ByteSize = text.trim().parse().map_err(|err| {
+        format!("'{text}' is not a size: use bytes or a unit, e.g. 10MiB or 65536 ({err})")
+    })?;
+    usize::try_from(size.as_u64()).map_err(|_| format!("'{text}' is too large"))
+}
+
 /// The callback schedule as one value (clap would read a `Vec` as repeated flags).
 #[derive(Debug, Clone)]
 pub struct Schedule(Vec<Duration>);
@@ -140,7 +148,19 @@ fn parse_role(text: &str) -> Result<Role, String> {
 pub async fn run(cli: Cli) -> Result<(), BoxError> {
     match cli.command {
         Command::Serve(args) => {
-            let listen: SocketAddr = args.listen;
+            // Before migrations: a port in use is reported before anything else is touched.
+            let listen = &args.listen;
+            let listener = TcpListener::bind(listen.as_str()).await.map_err(|err| {
+                let hint = if err.kind() == io::ErrorKind::AddrInUse {
+                    " (another process is using it: stop it, or choose another --listen)"
+                } else {
+                    ""
+                };
+                io::Error::new(
+                    err.kind(),
+                    format!("cannot listen on {listen}: {err}{hint}"),
+                )
+            })?;
             let app = App::open(args.config()).await?;
             if let Some(key) = app.service.bootstrap_default_account().await? {
                 // Printed once, to stdout only: keys are never logged.
@@ -148,9 +168,6 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
                 println!("{key}");
             }
             telemetry::prometheus();
-            let listener = TcpListener::bind(listen).await.map_err(|err| {
-                io::Error::new(err.kind(), format!("cannot listen on {listen}: {err}"))
-            })?;
             app.serve(listener, shutdown_signal()).await
         }
         Command::Migrate(args) => {
@@ -211,4 +228,58 @@ async fn shutdown_signal() {
         () = terminate => {},
     }
     tracing::info!("shutdown signal received; finishing in-flight requests");
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn every_flag_of_every_command_says_what_it_is_for() {
+        fn check(command: &clap::Command, path: &str) {
+            let path = format!("{path} {}", command.get_name());
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                assert!(arg.get_help().is_some(), "{path} --{id} has no description");
+            }
+            for sub in command.get_subcommands() {
+                assert!(
+                    sub.get_about().is_some(),
+                    "{path} {} has no description",
+                    sub.get_name()
+                );
+                check(sub, &path);
+            }
+        }
+        Cli::command().debug_assert();
+        check(&Cli::command(), "");
+    }
+
+    #[test]
+    fn sizes_take_units_or_bytes() {
+        assert_eq!(parse_size("10MiB"), Ok(10 * 1024 * 1024));
+        assert_eq!(parse_size("64 KiB"), Ok(64 * 1024));
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert!(parse_size("lots").unwrap_err().contains("10MiB"));
+    }
+
+    #[test]
+    fn the_documented_defaults_are_the_limits_defaults() {
+        let cli = Cli::try_parse_from(["annotask", "serve"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("serve")
+        };
+        let config = args.config();
+        let defaults = crate::config::Limits::default();
+        assert_eq!(config.limits.max_body_bytes, defaults.max_body_bytes);
+        assert_eq!(
+            config.limits.max_metadata_bytes,
+            defaults.max_metadata_bytes
+        );
+    }
 }

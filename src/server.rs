@@ -68,11 +68,13 @@ impl App {
             .set_serving::<BatchServiceServer<grpc::GrpcApi>>()
             .await;
         // Each reflection version lists itself; registering the other version's descriptors
-        // (and health's) lets any grpcurl build see every service.
+        // (and health's) lets any grpcurl build see every service. google.rpc's error details
+        // let clients decode the `ErrorInfo` on every error instead of showing raw bytes.
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         };
         let reflection_v1 = reflection()
             .register_encoded_file_descriptor_set(

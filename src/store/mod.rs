@@ -3,6 +3,7 @@
 mod accounts;
 mod batches;
 mod callbacks;
+mod connect;
 pub mod entities;
 mod error;
 mod idempotency;
@@ -12,6 +13,7 @@ mod work;
 
 pub use batches::OnBatchCompleted;
 pub use callbacks::AttemptRecord;
+pub use connect::ConnectError;
 use error::is_unique_violation;
 
 pub use idempotency::{IdempotencyClaim, StoredOutcome};
@@ -32,8 +34,15 @@ pub struct Store {
 }
 
 impl Store {
-    /// Connects to `sqlite:…` or `postgres://…`.
-    pub async fn connect(database_url: &str) -> Result<Self, DbErr> {
+    /// Connects to `sqlite:…` or `postgres://…`; the error says what to check.
+    pub async fn connect(database_url: &str) -> Result<Self, ConnectError> {
+        connect::preflight(database_url).await?;
+        Self::open(database_url)
+            .await
+            .map_err(|err| connect::explain(database_url, &err))
+    }
+
+    async fn open(database_url: &str) -> Result<Self, DbErr> {
         let mut options = ConnectOptions::new(database_url.to_owned());
         options
             .acquire_timeout(Duration::from_secs(10))

@@ -1872,8 +1872,11 @@ async fn the_grpc_health_service_answers_serving(app: TestApp) {
     assert_eq!(unknown.code(), Code::NotFound);
 }
 
-const EXPECTED_SERVICES: [&str; 4] = [
+const EXPECTED_SERVICES: [&str; 7] = [
     "annotask.v1.TaskService",
+    "annotask.v1.WorkService",
+    "annotask.v1.ProjectService",
+    "annotask.v1.BatchService",
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
@@ -2060,6 +2063,30 @@ async fn grpcurl_can_describe_and_call_get_task_through_reflection(app: TestApp)
     assert!(!output.status.success(), "no key must fail");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("Unauthenticated"), "{stderr}");
+    assert!(
+        stderr.contains(r#""reason":"UNAUTHENTICATED""#),
+        "grpcurl decodes the ErrorInfo detail through reflection: {stderr}"
+    );
+
+    let authorization = format!("authorization: Bearer {}", app.api_key);
+    let output = grpcurl(&[
+        "-plaintext",
+        "-H",
+        &authorization,
+        "-d",
+        r#"{"task_id": "000000000000000000000000"}"#,
+        &addr,
+        "annotask.v1.TaskService/GetTask",
+    ])
+    .await
+    .expect("grpcurl ran a moment ago");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("NotFound"), "{stderr}");
+    assert!(
+        stderr.contains(r#""@type":"type.googleapis.com/google.rpc.ErrorInfo","domain":"annotask","reason":"NOT_FOUND""#),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("not recognized"), "{stderr}");
 }
 
 async fn a_test_world_task_is_completed_cannot_be_canceled_and_can_be_audited(app: TestApp) {

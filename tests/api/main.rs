@@ -15,4 +15,5 @@ mod rest_list;
 mod rest_tasks;
 mod scale_client;
 mod smoke;
+mod startup;
 mod work;
