@@ -188,3 +188,20 @@ async fn listen_takes_a_host_name_and_sizes_take_units() {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
     }
 }
+
+/// Even root cannot create files in /proc: the stand-in for a directory that is not writable.
+#[test]
+fn an_unwritable_sqlite_location_is_named_with_what_to_check() {
+    if !std::path::Path::new("/proc/self").exists() {
+        crate::helpers::skip("no /proc to stand in for an unwritable directory");
+        return;
+    }
+    let (stderr, _) = failed_start(&[
+        "--listen",
+        &format!("127.0.0.1:{}", free_port()),
+        "--database-url",
+        "sqlite:///proc/annotask-unwritable.db?mode=rwc",
+    ]);
+    assert!(stderr.contains("/proc/annotask-unwritable.db"), "{stderr}");
+    assert!(stderr.contains("writable"), "{stderr}");
+}
