@@ -143,4 +143,93 @@ backend_tests!(
     hostile_creation_fields_never_cause_a_server_error,
     hostile_bodies_never_cause_a_server_error,
     hostile_paths_and_queries_never_cause_a_server_error,
+    hostile_input_to_projects_batches_and_the_work_queue_never_causes_a_server_error,
 );
+
+/// The project, batch and work-queue endpoints, with hostile fields, bodies and names.
+async fn hostile_input_to_projects_batches_and_the_work_queue_never_causes_a_server_error(
+    app: TestApp,
+) {
+    app.create_project("p", "imageannotation").await;
+    app.create_batch("b", "p", json!({})).await;
+    let (_, task) = app.create_image_task(json!({})).await;
+    let id = task["task_id"].as_str().expect("task_id").to_owned();
+    let bodies = [
+        (
+            "/v1/projects",
+            json!({"type": "imageannotation", "name": "n"}),
+            ["type", "name", "params"].as_slice(),
+        ),
+        (
+            "/v1/projects/p/setParams",
+            json!({"instruction": "x"}),
+            ["instruction", "patch", "params"].as_slice(),
+        ),
+        (
+            "/v1/batches",
+            json!({"project": "p", "name": "n2"}),
+            ["project", "name", "callback", "metadata", "staging"].as_slice(),
+        ),
+        (
+            "/v1/work/claim",
+            json!({}),
+            ["project", "batch", "type", "limit", "lease_seconds"].as_slice(),
+        ),
+        (
+            &*format!("/v1/task/{id}/lease/heartbeat"),
+            json!({"lease_token": "t"}),
+            ["lease_token", "lease_seconds"].as_slice(),
+        ),
+        (
+            &*format!("/v1/task/{id}/complete"),
+            json!({"lease_token": "t", "response": {}}),
+            ["lease_token", "response"].as_slice(),
+        ),
+        (
+            &*format!("/v1/task/{id}/fail"),
+            json!({"lease_token": "t", "error": "e"}),
+            ["lease_token", "error"].as_slice(),
+        ),
+        (
+            "/v1/task/imageannotation",
+            json!({"attachment": "https://e.com/a.png", "geometries": {"box": {}}}),
+            ["project", "batch"].as_slice(),
+        ),
+    ];
+    for (path, base, fields) in bodies {
+        for field in fields {
+            for value in hostile_values() {
+                let mut body = base.clone();
+                body[*field] = value;
+                let bytes = serde_json::to_vec(&body).expect("json");
+                assert_no_server_error(&app, Method::POST, path, bytes).await;
+            }
+        }
+        for raw in [
+            b"{".to_vec(),
+            b"[1]".to_vec(),
+            b"\xff".to_vec(),
+            b"null".to_vec(),
+        ] {
+            assert_no_server_error(&app, Method::POST, path, raw).await;
+        }
+    }
+    let long = "a".repeat(10_000);
+    for name in ["%00", "%ff%fe", "a%00b", long.as_str(), "%2F%2F", "..%2F.."] {
+        for (method, path) in [
+            (Method::GET, format!("/v1/projects/{name}")),
+            (Method::POST, format!("/v1/projects/{name}/setParams")),
+            (Method::GET, format!("/v1/batches/{name}")),
+            (Method::GET, format!("/v1/batches/{name}/status")),
+            (Method::POST, format!("/v1/batches/{name}/finalize")),
+            (Method::POST, format!("/v1/batches/{name}/setMetadata")),
+            (
+                Method::GET,
+                format!("/v1/batches?project={name}&status={name}&start_time={name}"),
+            ),
+            (Method::POST, format!("/v1/task/{name}/lease/release")),
+        ] {
+            assert_no_server_error(&app, method, &path, b"{}".to_vec()).await;
+        }
+    }
+}
