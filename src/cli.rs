@@ -70,6 +70,9 @@ pub struct ServeArgs {
     /// How long one callback attempt may take (e.g. `15s`).
     #[arg(long, env = "ANNOTASK_CALLBACK_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
     pub callback_timeout: Duration,
+    /// PostgreSQL connections this process may open (replicas × this must stay under the server's max_connections).
+    #[arg(long, env = "ANNOTASK_DATABASE_MAX_CONNECTIONS", default_value_t = 32)]
+    pub database_max_connections: u32,
     /// Allow callbacks to loopback, private, link-local and cloud-metadata addresses.
     #[arg(long, env = "ANNOTASK_ALLOW_PRIVATE_CALLBACKS")]
     pub allow_private_callbacks: bool,
@@ -87,6 +90,7 @@ impl ServeArgs {
             .clone_from(&self.callback_schedule.0);
         config.callbacks.attempt_timeout = self.callback_timeout;
         config.callbacks.allow_private = self.allow_private_callbacks;
+        config.database_max_connections = self.database_max_connections.max(1);
         config
     }
 }

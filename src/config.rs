@@ -91,6 +91,8 @@ pub struct Config {
     /// How long in-flight requests may still run after a shutdown signal.
     pub shutdown_grace: Duration,
     pub callbacks: CallbackSettings,
+    /// The PostgreSQL pool's size, per process (SQLite has one writer and a few readers).
+    pub database_max_connections: u32,
     /// How often the queue and delivery gauges are refreshed.
     pub gauge_interval: Duration,
 }
@@ -104,6 +106,7 @@ impl Config {
             sweep_interval: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
             callbacks: CallbackSettings::default(),
+            database_max_connections: 32,
             gauge_interval: Duration::from_secs(15),
         }
     }

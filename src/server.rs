@@ -6,7 +6,9 @@ use std::{future::Future, sync::Arc};
 use axum::{
     extract::DefaultBodyLimit,
     http::{header, HeaderName},
-    middleware, Router,
+    middleware,
+    serve::ListenerExt,
+    Router,
 };
 use tokio::net::TcpListener;
 use tonic_web::GrpcWebLayer;
@@ -40,7 +42,7 @@ pub struct App {
 impl App {
     /// Connects and runs migrations (forward-only, on every start).
     pub async fn open(config: Config) -> Result<Self, BoxError> {
-        let store = Store::connect(&config.database_url).await?;
+        let store = Store::connect(&config.database_url, config.database_max_connections).await?;
         store.migrate().await?;
         tracing::info!(backend = store.backend_name(), "database ready");
         let service = Arc::new(Service::new(store, &config));
@@ -136,6 +138,13 @@ impl App {
         tracing::info!(%addr, "serving gRPC, grpc-web and REST");
         let stopping = Arc::new(tokio::sync::Notify::new());
         let signalled = stopping.clone();
+        // Without TCP_NODELAY, small HTTP/2 frames (every gRPC answer) wait out the peer's
+        // delayed ACK: about 40 ms per call.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(err) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+            }
+        });
         let served = axum::serve(listener, router).with_graceful_shutdown(async move {
             shutdown.await;
             signalled.notify_one();

@@ -68,12 +68,13 @@ impl Service {
         if !key.starts_with(LIVE_PREFIX) && !key.starts_with(TEST_PREFIX) {
             return Err(unknown());
         }
-        let caller = self
-            .store
-            .find_api_key(&hash_api_key(&key))
-            .await?
-            .ok_or_else(unknown)?;
+        let hash = hash_api_key(&key);
+        if let Some(caller) = self.known_keys.get(&hash) {
+            return Ok(caller);
+        }
+        let caller = self.store.find_api_key(&hash).await?.ok_or_else(unknown)?;
         // The prefix is part of the hashed key, so it always agrees with the stored world.
+        self.known_keys.insert(hash, caller);
         Ok(caller)
     }
 
@@ -98,6 +99,49 @@ impl Service {
         self.create_api_key("default", false, Role::Admin)
             .await
             .map(Some)
+    }
+}
+
+/// Keys recently found valid, so a request does not pay a database round trip to
+/// authenticate. Keys are never revoked or re-scoped today; a revocation would have to clear
+/// this, and the TTL bounds how long another replica could still accept a changed key.
+pub(super) struct KnownKeys {
+    entries: std::sync::Mutex<std::collections::HashMap<String, (Caller, std::time::Instant)>>,
+}
+
+const KNOWN_KEY_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+/// Unknown keys are never cached, so only real keys fill it; past this it starts again.
+const KNOWN_KEYS_MAX: usize = 10_000;
+
+impl Default for KnownKeys {
+    fn default() -> Self {
+        KnownKeys {
+            entries: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+}
+
+impl KnownKeys {
+    fn get(&self, hash: &str) -> Option<Caller> {
+        let entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        entries
+            .get(hash)
+            .filter(|(_, at)| at.elapsed() < KNOWN_KEY_TTL)
+            .map(|(caller, _)| *caller)
+    }
+
+    fn insert(&self, hash: String, caller: Caller) {
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if entries.len() >= KNOWN_KEYS_MAX {
+            entries.clear();
+        }
+        entries.insert(hash, (caller, std::time::Instant::now()));
     }
 }
 
@@ -128,6 +172,25 @@ mod tests {
         assert_eq!(credential_from_authorization("bearer   "), None);
         assert_eq!(credential_from_authorization("Digest x"), None);
         assert_eq!(credential_from_authorization("Basic !!!"), None);
+    }
+
+    #[test]
+    fn known_keys_remember_callers_and_start_again_when_full() {
+        let keys = KnownKeys::default();
+        let caller = Caller {
+            scope: crate::domain::Scope {
+                account_id: 7,
+                is_test: false,
+            },
+            role: Role::Worker,
+        };
+        assert_eq!(keys.get("h"), None);
+        keys.insert("h".to_owned(), caller);
+        assert_eq!(keys.get("h"), Some(caller));
+        for n in 0..KNOWN_KEYS_MAX {
+            keys.insert(format!("k{n}"), caller);
+        }
+        assert_eq!(keys.get("h"), None, "cleared once it reached its bound");
     }
 
     #[test]

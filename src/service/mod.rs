@@ -30,6 +30,7 @@ pub struct Service {
     idempotency_ttl: Duration,
     callbacks: CallbackSettings,
     in_flight: idempotency::InFlightKeys,
+    known_keys: auth::KnownKeys,
     /// Wakes this process's callback worker when a change commits a delivery.
     deliveries_waiting: Notify,
 }
@@ -42,6 +43,7 @@ impl Service {
             idempotency_ttl: config.idempotency_ttl,
             callbacks: config.callbacks.clone(),
             in_flight: idempotency::InFlightKeys::default(),
+            known_keys: auth::KnownKeys::default(),
             deliveries_waiting: Notify::new(),
         }
     }

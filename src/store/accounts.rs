@@ -73,7 +73,7 @@ impl Store {
     pub async fn find_api_key(&self, key_hash: &str) -> Result<Option<Caller>> {
         let Some(key) = api_keys::Entity::find()
             .filter(api_keys::Column::KeyHash.eq(key_hash))
-            .one(&self.db)
+            .one(&self.read)
             .await?
         else {
             return Ok(None);

@@ -65,7 +65,7 @@ impl Store {
         batches::Entity::find()
             .filter(scope_condition(scope))
             .filter(batches::Column::Name.eq(name))
-            .one(&self.db)
+            .one(&self.read)
             .await?
             .map(from_row)
             .transpose()
@@ -98,20 +98,20 @@ impl Store {
             .order_by_desc(batches::Column::Id)
             .offset(offset)
             .limit(limit)
-            .all(&self.db)
+            .all(&self.read)
             .await?
             .into_iter()
             .map(from_row)
             .collect::<Result<Vec<_>>>()?;
         let total = batches::Entity::find()
             .filter(condition)
-            .count(&self.db)
+            .count(&self.read)
             .await?;
         Ok((docs, total))
     }
 
     pub async fn batch_counts(&self, scope: Scope, name: &str) -> Result<BatchCounts> {
-        batch_counts(&self.db, scope, name).await
+        batch_counts(&self.read, scope, name).await
     }
 
     /// Applies `change` under the batch's row lock, then moves its status as its tasks call

@@ -171,7 +171,7 @@ impl Store {
     pub async fn count_pending_deliveries(&self) -> Result<u64> {
         Ok(callback_deliveries::Entity::find()
             .filter(callback_deliveries::Column::State.eq(PENDING))
-            .count(&self.db)
+            .count(&self.read)
             .await?)
     }
 

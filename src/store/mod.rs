@@ -30,19 +30,27 @@ use crate::error::{Error, Result};
 
 #[derive(Clone)]
 pub struct Store {
+    /// Every write, and reads that must see a transaction's own writes.
     db: DatabaseConnection,
+    /// Plain reads. On SQLite, read-only connections beside the one writer, so a read never
+    /// waits behind another request's fsync (WAL lets readers and the writer run together);
+    /// on PostgreSQL, the same pool.
+    read: DatabaseConnection,
 }
+
+/// Read-only SQLite connections (the writer stays alone).
+const SQLITE_READERS: u32 = 4;
 
 impl Store {
     /// Connects to `sqlite:…` or `postgres://…`; the error says what to check.
-    pub async fn connect(database_url: &str) -> Result<Self, ConnectError> {
+    pub async fn connect(database_url: &str, max_connections: u32) -> Result<Self, ConnectError> {
         connect::preflight(database_url).await?;
-        Self::open(database_url)
+        Self::open(database_url, max_connections)
             .await
             .map_err(|err| connect::explain(database_url, &err))
     }
 
-    async fn open(database_url: &str) -> Result<Self, DbErr> {
+    async fn open(database_url: &str, max_connections: u32) -> Result<Self, DbErr> {
         let mut options = ConnectOptions::new(database_url.to_owned());
         options
             .acquire_timeout(Duration::from_secs(10))
@@ -63,10 +71,26 @@ impl Store {
                         .busy_timeout(Duration::from_secs(5))
                 });
         } else {
-            options.max_connections(32).min_connections(1);
+            options.max_connections(max_connections).min_connections(1);
         }
+        let is_sqlite = database_url.starts_with("sqlite:");
         let db = Database::connect(options).await?;
-        Ok(Store { db })
+        let read = if is_sqlite {
+            // Opened after the writer, which created the file and switched it to WAL.
+            let mut readers = ConnectOptions::new(database_url.to_owned());
+            readers
+                .acquire_timeout(Duration::from_secs(10))
+                .sqlx_logging(false)
+                .max_connections(SQLITE_READERS)
+                .min_connections(1)
+                .map_sqlx_sqlite_opts(|sqlite| {
+                    sqlite.read_only(true).busy_timeout(Duration::from_secs(5))
+                });
+            Database::connect(readers).await?
+        } else {
+            db.clone()
+        };
+        Ok(Store { db, read })
     }
 
     pub async fn migrate(&self) -> Result<(), DbErr> {
@@ -94,8 +118,18 @@ impl Store {
     }
 
     pub async fn close(self) {
+        let separate_readers = self.is_sqlite();
+        if separate_readers {
+            if let Err(err) = self.read.close().await {
+                tracing::warn!(error = %err, "closing the read pool failed");
+            }
+        }
         if let Err(err) = self.db.close().await {
             tracing::warn!(error = %err, "closing the database pool failed");
         }
+    }
+
+    fn is_sqlite(&self) -> bool {
+        self.db.get_database_backend() == DbBackend::Sqlite
     }
 }

@@ -59,7 +59,7 @@ impl Store {
             .filter(projects::Column::AccountId.eq(scope.account_id))
             .filter(projects::Column::IsTest.eq(scope.is_test))
             .filter(projects::Column::Name.eq(name))
-            .one(&self.db)
+            .one(&self.read)
             .await?
             .map(from_row)
             .transpose()
@@ -72,7 +72,7 @@ impl Store {
             .filter(projects::Column::IsTest.eq(scope.is_test))
             .order_by_asc(projects::Column::CreatedAt)
             .order_by_asc(projects::Column::Id)
-            .all(&self.db)
+            .all(&self.read)
             .await?
             .into_iter()
             .map(from_row)

@@ -38,7 +38,7 @@ impl Store {
     pub async fn get_task(&self, scope: Scope, id: &TaskId) -> Result<Option<Task>> {
         tasks::Entity::find_by_id(id.as_str())
             .filter(scope_condition(scope))
-            .one(&self.db)
+            .one(&self.read)
             .await?
             .map(from_model)
             .transpose()
@@ -126,7 +126,7 @@ impl Store {
             .order_by_desc(tasks::Column::CreatedAt)
             .order_by_desc(tasks::Column::TaskId)
             .limit(fetch)
-            .all(&self.db)
+            .all(&self.read)
             .await?
             .into_iter()
             .map(from_model)
@@ -138,7 +138,7 @@ impl Store {
         if !filter.is_answered_by_counters() {
             return Ok(tasks::Entity::find()
                 .filter(filter_condition(scope, filter))
-                .count(&self.db)
+                .count(&self.read)
                 .await?);
         }
         let mut condition = Condition::all()
@@ -179,7 +179,7 @@ impl Store {
             .column_as(sum, "total")
             .filter(condition)
             .into_tuple()
-            .one(&self.db)
+            .one(&self.read)
             .await?;
         Ok(total.flatten().unwrap_or(0).max(0).unsigned_abs())
     }

@@ -92,7 +92,7 @@ impl Store {
         let leased = tasks::Entity::find()
             .filter(tasks::Column::LeaseExpiresAt.gt(now.millis()))
             .filter(tasks::Column::Status.eq(TaskStatus::Pending.as_str()));
-        let leased = sea_orm::PaginatorTrait::count(leased, &self.db).await?;
+        let leased = sea_orm::PaginatorTrait::count(leased, &self.read).await?;
         let pending = self.count_all_pending().await?;
         Ok((pending.saturating_sub(leased), leased))
     }

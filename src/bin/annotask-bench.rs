@@ -1,0 +1,833 @@
+//! `annotask-bench`: load against a real `annotask serve` (a child process, so its memory is
+//! its own), side by side with the database doing the same work alone, in one run.
+//!
+//! Each scenario runs `--concurrency` workers for a warm-up, then for `--duration`, and reports
+//! throughput and p50/p99/max latency; each has a baseline (the same statement straight to the
+//! same database, with the same durability and concurrency) and prints the ratio to it.
+
+use std::{
+    fmt::Write as _,
+    future::Future,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use annotask::proto::{
+    task_service_client::TaskServiceClient, CreateTaskRequest, GetTaskRequest, ListTasksRequest,
+};
+use clap::Parser;
+use sea_orm::{
+    sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement,
+};
+use serde_json::{json, Value};
+use tonic::transport::Channel;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, Parser)]
+#[command(about = "Benchmark annotask against its database's own limit")]
+struct Args {
+    /// PostgreSQL to benchmark on (a scratch database is created and dropped); omit to skip.
+    #[arg(long, env = "ANNOTASK_BENCH_POSTGRES_URL")]
+    postgres_url: Option<String>,
+    /// Skip the SQLite run.
+    #[arg(long)]
+    no_sqlite: bool,
+    /// Workers per scenario.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Measured time per scenario.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Unmeasured time before each scenario.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Tasks loaded in bulk (straight into the database) before the list scenarios.
+    #[arg(long, default_value_t = 100_000)]
+    preload: u64,
+    /// Where to write the report (Markdown).
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    output: PathBuf,
+    /// Exit non-zero if any request failed (for CI's smoke run).
+    #[arg(long)]
+    fail_on_errors: bool,
+}
+
+/// What one scenario measured.
+struct Measured {
+    operations: u64,
+    errors: u64,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Measured {
+    fn rate(&self) -> f64 {
+        self.operations as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile(&self, p: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let index = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies[index.min(self.latencies.len() - 1)]
+    }
+}
+
+/// Runs `op(worker, n)` on `concurrency` workers: `warmup` unmeasured, then `duration`.
+async fn run<F, Fut>(concurrency: usize, warmup: Duration, duration: Duration, op: F) -> Measured
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), BoxError>> + Send,
+{
+    let op = Arc::new(op);
+    let started = Instant::now();
+    let measure_from = started + warmup;
+    let stop_at = measure_from + duration;
+    let errors = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..concurrency)
+        .map(|worker| {
+            let (op, errors) = (op.clone(), errors.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut n = 0u64;
+                loop {
+                    let begun = Instant::now();
+                    if begun >= stop_at {
+                        return latencies;
+                    }
+                    let result = op(worker, n).await;
+                    n += 1;
+                    if begun >= measure_from {
+                        match result {
+                            Ok(()) => latencies.push(begun.elapsed()),
+                            Err(err) => {
+                                if errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                                    eprintln!("  first error: {err}");
+                                }
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for worker in workers {
+        latencies.extend(worker.await.unwrap_or_default());
+    }
+    latencies.sort_unstable();
+    Measured {
+        operations: latencies.len() as u64,
+        errors: errors.load(Ordering::Relaxed),
+        elapsed: duration,
+        latencies,
+    }
+}
+
+fn image_task(n: u64) -> Value {
+    // A Scale-shaped imageannotation task, about 600 bytes of params.
+    json!({
+        "instruction": "Draw a tight box around every car, bus and truck; ignore parked bicycles.",
+        "attachment": format!("https://storage.example.com/datasets/drive-2026-11/frames/{n:012}.jpg"),
+        "attachment_type": "image",
+        "geometries": {
+            "box": {"objects_to_annotate": ["car", "bus", "truck"], "min_height": 10, "min_width": 10},
+            "polygon": {"objects_to_annotate": ["road"]}
+        },
+        "annotation_attributes": {"occluded": {"description": "Is the object occluded?", "choices": ["yes", "no"]}},
+        "metadata": {"frame": n, "camera": "front-left", "sequence": "seq-0042"},
+        "tags": ["bench", if n % 2 == 0 { "even" } else { "odd" }],
+    })
+}
+
+/// The server under test, as a child process.
+struct Server {
+    child: Child,
+    base_url: String,
+    key: String,
+    http: reqwest::Client,
+}
+
+impl Server {
+    async fn start(binary: &PathBuf, database_url: &str) -> Result<Server, BoxError> {
+        let created = Command::new(binary)
+            .args([
+                "api-keys",
+                "create",
+                "--account",
+                "bench",
+                "--database-url",
+                database_url,
+            ])
+            .env("RUST_LOG", "warn")
+            .output()?;
+        let key = String::from_utf8_lossy(&created.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_owned();
+        if !created.status.success() || key.is_empty() {
+            return Err(format!(
+                "api-keys create failed: {}",
+                String::from_utf8_lossy(&created.stderr)
+            )
+            .into());
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = Command::new(binary)
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--database-url",
+                database_url,
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()?;
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .build()?;
+        let base_url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !http
+            .get(format!("{base_url}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            if Instant::now() > deadline {
+                return Err("the server did not become healthy".into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Server {
+            child,
+            base_url,
+            key,
+            http,
+        })
+    }
+
+    fn peak_rss_mib(&self) -> Option<f64> {
+        let pid = self.child.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+        let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib / 1024.0)
+    }
+
+    async fn post(&self, path: &str, body: &Value, key: Option<String>) -> Result<Value, BoxError> {
+        let mut request = self
+            .http
+            .post(format!("{}{path}", self.base_url))
+            .basic_auth(&self.key, Some(""));
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let response = request
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(body)?)
+            .send()
+            .await?;
+        let status = response.status();
+        let value: Value = serde_json::from_slice(&response.bytes().await?)?;
+        if !status.is_success() {
+            return Err(format!("POST {path}: {status} {value}").into());
+        }
+        Ok(value)
+    }
+
+    async fn get(&self, path: &str) -> Result<Value, BoxError> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base_url))
+            .basic_auth(&self.key, Some(""))
+            .send()
+            .await?;
+        let status = response.status();
+        let value: Value = serde_json::from_slice(&response.bytes().await?)?;
+        if !status.is_success() {
+            return Err(format!("GET {path}: {status} {value}").into());
+        }
+        Ok(value)
+    }
+
+    async fn grpc(&self, connections: usize) -> Result<Vec<TaskServiceClient<Channel>>, BoxError> {
+        let mut clients = Vec::new();
+        for _ in 0..connections {
+            let channel = Channel::from_shared(self.base_url.clone())?
+                .connect()
+                .await?;
+            clients.push(TaskServiceClient::new(channel));
+        }
+        Ok(clients)
+    }
+
+    fn grpc_request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Ok(value) = format!("Bearer {}", self.key).parse() {
+            request.metadata_mut().insert("authorization", value);
+        }
+        request
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The same database, opened the way the server opens it (same durability settings).
+async fn direct(database_url: &str) -> Result<DatabaseConnection, BoxError> {
+    let mut options = ConnectOptions::new(database_url.to_owned());
+    options.sqlx_logging(false);
+    if database_url.starts_with("sqlite:") {
+        options.max_connections(1).map_sqlx_sqlite_opts(|sqlite| {
+            sqlite
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(Duration::from_secs(30))
+        });
+    } else {
+        options.max_connections(32);
+    }
+    Ok(Database::connect(options).await?)
+}
+
+/// A statement written with PostgreSQL's `$N` placeholders, each used once and in order;
+/// SQLite gets `?` in their place.
+fn statement(db: &DatabaseConnection, sql: &str, values: Vec<sea_orm::Value>) -> Statement {
+    let backend = db.get_database_backend();
+    let sql = if backend == DbBackend::Sqlite {
+        let mut out = String::with_capacity(sql.len());
+        let mut chars = sql.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+                out.push('?');
+                while chars.peek().is_some_and(char::is_ascii_digit) {
+                    chars.next();
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    } else {
+        sql.to_owned()
+    };
+    Statement::from_sql_and_values(backend, sql, values)
+}
+
+/// Bulk-loads `count` tasks for the account straight into the tables (and their counters).
+async fn preload(db: &DatabaseConnection, account_id: i64, count: u64) -> Result<(), BoxError> {
+    if count == 0 {
+        return Ok(());
+    }
+    let backend = db.get_database_backend();
+    let series = if backend == DbBackend::Postgres {
+        format!("SELECT i FROM generate_series(1, {count}) AS s(i)")
+    } else {
+        format!("WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {count}) SELECT i FROM s")
+    };
+    let hex = if backend == DbBackend::Postgres {
+        "lpad(to_hex(i), 24, '0')"
+    } else {
+        "printf('%024x', i)"
+    };
+    let sql = format!(
+        "INSERT INTO tasks (task_id, account_id, is_test, task_type, status, instruction, params, callback_url, metadata, \
+         unique_id, tags, project, batch, response, callback_succeeded, audits, customer_review_status, \
+         clear_unique_id_on_error, created_at, updated_at, completed_at) \
+         SELECT {hex}, {account_id}, false, 'imageannotation', CASE WHEN i % 4 = 0 THEN 'completed' ELSE 'pending' END, \
+         'Box', '{{\"attachment\":\"https://e.com/x.png\",\"geometries\":{{\"box\":{{}}}}}}', NULL, '{{}}', NULL, NULL, NULL, NULL, NULL, NULL, '[]', NULL, false, \
+         1700000000000 + i, 1700000000000 + i, NULL FROM ({series}) AS series"
+    );
+    db.execute_unprepared(&sql).await?;
+    let counts = format!(
+        "INSERT INTO task_counts (account_id, is_test, project, batch, task_type, status, total) \
+         SELECT {account_id}, false, '', '', 'imageannotation', status, COUNT(*) FROM tasks \
+         WHERE account_id = {account_id} AND created_at < 1800000000000 GROUP BY status \
+         ON CONFLICT (account_id, is_test, project, batch, task_type, status) DO UPDATE SET total = task_counts.total + excluded.total"
+    );
+    db.execute_unprepared(&counts).await?;
+    Ok(())
+}
+
+struct Row {
+    name: &'static str,
+    measured: Measured,
+    baseline: Option<(&'static str, f64)>,
+}
+
+async fn bench_database(
+    args: &Args,
+    binary: &PathBuf,
+    label: &str,
+    database_url: &str,
+) -> Result<(String, u64), BoxError> {
+    eprintln!("== {label}");
+    let server = Arc::new(Server::start(binary, database_url).await?);
+    let db = direct(database_url).await?;
+    let account_id: i64 = {
+        let row = db
+            .query_one(statement(
+                &db,
+                "SELECT id FROM accounts WHERE name = $1",
+                vec!["bench".into()],
+            ))
+            .await?
+            .ok_or("no bench account")?;
+        row.try_get("", "id")?
+    };
+    let (concurrency, warmup, duration) = (args.concurrency, args.warmup, args.duration);
+    let mut rows: Vec<Row> = Vec::new();
+
+    // Baselines first, with the server idle: the database alone.
+    db.execute_unprepared("CREATE TABLE bench_baseline AS SELECT * FROM tasks WHERE 1 = 0")
+        .await?;
+    let insert_sql = "INSERT INTO bench_baseline (task_id, account_id, is_test, task_type, status, instruction, params, metadata, audits, clear_unique_id_on_error, created_at, updated_at) VALUES ($1, $2, false, 'imageannotation', 'pending', $3, $4, '{}', '[]', false, $5, $6)";
+    let params_text = image_task(0).to_string();
+    let db = Arc::new(db);
+    let counter = Arc::new(AtomicU64::new(0));
+    eprintln!("  baseline: one insert per transaction");
+    let insert_base = {
+        let (db, counter, params_text) = (db.clone(), counter.clone(), params_text.clone());
+        run(concurrency, warmup, duration, move |_, _| {
+            let (db, params_text) = (db.clone(), params_text.clone());
+            let n = counter.fetch_add(1, Ordering::Relaxed);
+            async move {
+                let id = format!("{n:024x}");
+                let at = n as i64;
+                db.execute(statement(
+                    &db,
+                    insert_sql,
+                    vec![
+                        id.into(),
+                        account_id.into(),
+                        "Box".into(),
+                        params_text.into(),
+                        at.into(),
+                        at.into(),
+                    ],
+                ))
+                .await?;
+                Ok(())
+            }
+        })
+        .await
+        .rate()
+    };
+
+    // Tasks to read and mutate, created through the API, then the bulk load.
+    let mut ids = Vec::new();
+    for n in 0..200u64 {
+        let task = server
+            .post("/v1/task/imageannotation", &image_task(n), None)
+            .await?;
+        ids.push(task["task_id"].as_str().unwrap_or_default().to_owned());
+    }
+    let ids = Arc::new(ids);
+    eprintln!("  preloading {} tasks", args.preload);
+    preload(&db, account_id, args.preload).await?;
+    db.execute_unprepared("ANALYZE").await.ok();
+
+    eprintln!("  baseline: primary-key select");
+    let select_base = {
+        let (db, ids) = (db.clone(), ids.clone());
+        run(concurrency, warmup, duration, move |w, n| {
+            let (db, id) = (db.clone(), ids[(w * 7 + n as usize) % ids.len()].clone());
+            async move {
+                db.query_one(statement(
+                    &db,
+                    "SELECT * FROM tasks WHERE task_id = $1 AND account_id = $2",
+                    vec![id.into(), account_id.into()],
+                ))
+                .await?;
+                Ok(())
+            }
+        })
+        .await
+        .rate()
+    };
+    eprintln!("  baseline: keyset page of 100");
+    let page_base = {
+        let db = db.clone();
+        run(concurrency, warmup, duration, move |_, _| {
+            let db = db.clone();
+            async move {
+                db.query_all(statement(&db, "SELECT * FROM tasks WHERE account_id = $1 AND is_test = false ORDER BY created_at DESC, task_id DESC LIMIT 101", vec![account_id.into()])).await?;
+                Ok(())
+            }
+        })
+        .await
+        .rate()
+    };
+
+    macro_rules! scenario {
+        ($name:expr, $baseline:expr, $op:expr) => {{
+            eprintln!("  {}", $name);
+            let measured = run(concurrency, warmup, duration, $op).await;
+            rows.push(Row {
+                name: $name,
+                measured,
+                baseline: $baseline,
+            });
+        }};
+    }
+    let seq = Arc::new(AtomicU64::new(1_000_000));
+    let s = server.clone();
+    scenario!(
+        "create (REST)",
+        Some(("insert/txn", insert_base)),
+        move |_, _| {
+            let s = s.clone();
+            async move {
+                s.post("/v1/task/imageannotation", &image_task(7), None)
+                    .await
+                    .map(drop)
+            }
+        }
+    );
+    let (s, q) = (server.clone(), seq.clone());
+    scenario!(
+        "create with unique_id",
+        Some(("insert/txn", insert_base)),
+        move |_, _| {
+            let (s, n) = (s.clone(), q.fetch_add(1, Ordering::Relaxed));
+            async move {
+                let mut body = image_task(n);
+                body["unique_id"] = json!(format!("bench-{n}"));
+                s.post("/v1/task/imageannotation", &body, None)
+                    .await
+                    .map(drop)
+            }
+        }
+    );
+    let (s, q) = (server.clone(), seq.clone());
+    scenario!(
+        "create with Idempotency-Key",
+        Some(("insert/txn", insert_base)),
+        move |_, _| {
+            let (s, n) = (s.clone(), q.fetch_add(1, Ordering::Relaxed));
+            async move {
+                s.post(
+                    "/v1/task/imageannotation",
+                    &image_task(n),
+                    Some(format!("bench-key-{n}")),
+                )
+                .await
+                .map(drop)
+            }
+        }
+    );
+    let (s, i) = (server.clone(), ids.clone());
+    scenario!(
+        "get (REST)",
+        Some(("PK select", select_base)),
+        move |w, n| {
+            let (s, id) = (s.clone(), i[(w * 7 + n as usize) % i.len()].clone());
+            async move { s.get(&format!("/v1/task/{id}")).await.map(drop) }
+        }
+    );
+    let s = server.clone();
+    scenario!(
+        "list, first page of 100",
+        Some(("keyset page", page_base)),
+        move |_, _| {
+            let s = s.clone();
+            async move { s.get("/v1/tasks?limit=100").await.map(drop) }
+        }
+    );
+    let s = server.clone();
+    let deep_token = {
+        // Halfway down the preloaded tasks, as a client paging by next_token would get there.
+        let middle = args.preload / 2;
+        let created_at = chrono::DateTime::from_timestamp_millis(1_700_000_000_000 + middle as i64)
+            .unwrap_or_default()
+            .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+            .to_string();
+        let token =
+            json!({"task_id": format!("{middle:024x}"), "created_at": created_at}).to_string();
+        base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, token)
+    };
+    scenario!(
+        "list, page at depth",
+        Some(("keyset page", page_base)),
+        move |_, _| {
+            let (s, token) = (s.clone(), deep_token.clone());
+            async move {
+                s.get(&format!("/v1/tasks?limit=100&next_token={token}"))
+                    .await
+                    .map(drop)
+            }
+        }
+    );
+    let s = server.clone();
+    scenario!(
+        "list, status + tag filter",
+        Some(("keyset page", page_base)),
+        move |_, _| {
+            let s = s.clone();
+            async move {
+                s.get("/v1/tasks?limit=100&status=pending&tags=even")
+                    .await
+                    .map(drop)
+            }
+        }
+    );
+    let (s, i) = (server.clone(), ids.clone());
+    scenario!(
+        "set metadata",
+        Some(("insert/txn", insert_base)),
+        move |w, n| {
+            let (s, id) = (s.clone(), i[(w * 7 + n as usize) % i.len()].clone());
+            async move {
+                s.post(
+                    &format!("/v1/task/{id}/setMetadata"),
+                    &json!({"n": n}),
+                    None,
+                )
+                .await
+                .map(drop)
+            }
+        }
+    );
+    let s = server.clone();
+    scenario!(
+        "claim + complete",
+        Some(("insert/txn", insert_base)),
+        move |_, _| {
+            let s = s.clone();
+            async move {
+                let claimed = s
+                    .post("/v1/work/claim", &json!({"lease_seconds": 60}), None)
+                    .await?;
+                let Some(lease) = claimed["leases"].get(0) else {
+                    return Err("queue empty".into());
+                };
+                let id = lease["task"]["task_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                s.post(
+                    &format!("/v1/task/{id}/complete"),
+                    &json!({"lease_token": lease["lease_token"], "response": {"ok": true}}),
+                    None,
+                )
+                .await
+                .map(drop)
+            }
+        }
+    );
+    let (s, i) = (server.clone(), ids.clone());
+    scenario!(
+        "mixed (70% get, 20% list, 10% create)",
+        None,
+        move |w, n| {
+            let (s, id) = (s.clone(), i[(w * 7 + n as usize) % i.len()].clone());
+            async move {
+                match n % 10 {
+                    0 => s
+                        .post("/v1/task/imageannotation", &image_task(n), None)
+                        .await
+                        .map(drop),
+                    1 | 2 => s.get("/v1/tasks?limit=100").await.map(drop),
+                    _ => s.get(&format!("/v1/task/{id}")).await.map(drop),
+                }
+            }
+        }
+    );
+    let clients = Arc::new(server.grpc(4).await?);
+    let (s, c) = (server.clone(), clients.clone());
+    scenario!(
+        "create (gRPC)",
+        Some(("insert/txn", insert_base)),
+        move |w, _| {
+            let (s, mut client) = (s.clone(), c[w % c.len()].clone());
+            async move {
+                let fields = image_task(3);
+                let params = annotask::api::grpc::convert::json_to_struct(
+                    fields.as_object().ok_or("object")?,
+                );
+                let request = CreateTaskRequest {
+                    r#type: "imageannotation".into(),
+                    params: Some(params),
+                    ..Default::default()
+                };
+                client.create_task(s.grpc_request(request)).await?;
+                Ok(())
+            }
+        }
+    );
+    let (s, c, i) = (server.clone(), clients.clone(), ids.clone());
+    scenario!(
+        "get (gRPC)",
+        Some(("PK select", select_base)),
+        move |w, n| {
+            let (s, mut client, id) = (
+                s.clone(),
+                c[w % c.len()].clone(),
+                i[(w * 7 + n as usize) % i.len()].clone(),
+            );
+            async move {
+                client
+                    .get_task(s.grpc_request(GetTaskRequest { task_id: id }))
+                    .await?;
+                Ok(())
+            }
+        }
+    );
+    let (s, c) = (server.clone(), clients.clone());
+    scenario!(
+        "list, first page of 100 (gRPC)",
+        Some(("keyset page", page_base)),
+        move |w, _| {
+            let (s, mut client) = (s.clone(), c[w % c.len()].clone());
+            async move {
+                client
+                    .list_tasks(s.grpc_request(ListTasksRequest {
+                        limit: 100,
+                        ..Default::default()
+                    }))
+                    .await?;
+                Ok(())
+            }
+        }
+    );
+
+    let rss = server.peak_rss_mib();
+    db.execute_unprepared("DROP TABLE bench_baseline")
+        .await
+        .ok();
+    let mut table = format!(
+        "### {label}\n\n| scenario | ops/s | p50 ms | p99 ms | max ms | errors | baseline | baseline ops/s | ratio |\n|---|---|---|---|---|---|---|---|---|\n"
+    );
+    for row in &rows {
+        let m = &row.measured;
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let (base_name, base_rate, ratio) = match row.baseline {
+            Some((name, rate)) => (
+                name,
+                format!("{rate:.0}"),
+                format!("{:.2}×", m.rate() / rate),
+            ),
+            None => ("—", "—".to_owned(), "—".to_owned()),
+        };
+        let _ = writeln!(
+            table,
+            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} |",
+            row.name,
+            m.rate(),
+            ms(m.percentile(0.5)),
+            ms(m.percentile(0.99)),
+            ms(m.latencies.last().copied().unwrap_or_default()),
+            m.errors,
+            base_name,
+            base_rate,
+            ratio
+        );
+    }
+    let _ = writeln!(
+        table,
+        "\nServer peak RSS: {}.\n",
+        rss.map_or("unknown".to_owned(), |mib| format!("{mib:.1} MiB"))
+    );
+    eprintln!("{table}");
+    let errors = rows.iter().map(|row| row.measured.errors).sum();
+    Ok((table, errors))
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    format!("{cpus} cores ({model})")
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let args = Args::parse();
+    let binary = std::env::current_exe()?
+        .parent()
+        .ok_or("no directory beside the benchmark binary")?
+        .join("annotask");
+    if !binary.exists() {
+        return Err(format!(
+            "{} not found: build it first (cargo build --release)",
+            binary.display()
+        )
+        .into());
+    }
+    let mut report = String::new();
+    let mut total_errors = 0;
+    if !args.no_sqlite {
+        let path = std::env::temp_dir().join(format!("annotask-bench-{}.db", std::process::id()));
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let result = bench_database(&args, &binary, "SQLite (WAL, synchronous=FULL)", &url).await;
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+        let (table, errors) = result?;
+        report.push_str(&table);
+        total_errors += errors;
+    }
+    if let Some(admin_url) = &args.postgres_url {
+        let name = format!("annotask_bench_{}", std::process::id());
+        let admin = Database::connect(admin_url.as_str()).await?;
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await?;
+        let base = admin_url
+            .rsplit_once('/')
+            .map_or(admin_url.as_str(), |(base, _)| base);
+        let result = bench_database(&args, &binary, "PostgreSQL", &format!("{base}/{name}")).await;
+        admin
+            .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await
+            .ok();
+        let (table, errors) = result?;
+        report.push_str(&table);
+        total_errors += errors;
+    }
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let header = format!(
+        "# Benchmarks\n\nMachine: {}. Date: {}. Commit: {}. Concurrency {}, warm-up {:?}, {:?} per scenario, {} tasks preloaded.\nServer, load generator and database share the machine. Baselines are the same statements sent straight to the same database with the same durability and concurrency; ratio = annotask / baseline.\n\n",
+        machine(),
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+        commit,
+        args.concurrency,
+        args.warmup,
+        args.duration,
+        args.preload
+    );
+    std::fs::write(&args.output, format!("{header}{report}"))?;
+    eprintln!("wrote {}", args.output.display());
+    if args.fail_on_errors && total_errors > 0 {
+        return Err(format!("{total_errors} requests failed").into());
+    }
+    Ok(())
+}
