@@ -108,15 +108,18 @@ impl Store {
     ) -> Result<Vec<Task>> {
         let mut select = tasks::Entity::find().filter(filter_condition(scope, filter));
         if let Some(position) = after {
-            let created = position.created_at.millis();
+            // A row-value comparison, `(created_at, task_id) < (?, ?)`: both databases walk
+            // the list index straight to the position, where the equivalent OR made SQLite
+            // scan every row before it.
             select = select.filter(
-                Condition::any()
-                    .add(tasks::Column::CreatedAt.lt(created))
-                    .add(
-                        Condition::all()
-                            .add(tasks::Column::CreatedAt.eq(created))
-                            .add(tasks::Column::TaskId.lt(position.task_id.as_str())),
-                    ),
+                Expr::tuple([
+                    Expr::col(tasks::Column::CreatedAt).into(),
+                    Expr::col(tasks::Column::TaskId).into(),
+                ])
+                .lt(Expr::tuple([
+                    Expr::value(position.created_at.millis()),
+                    Expr::value(position.task_id.as_str()),
+                ])),
             );
         }
         if offset > 0 {
