@@ -606,20 +606,16 @@ async fn bench_database(
         }
     );
     let (s, quarter) = (server.clone(), (args.preload / 4).max(1));
-    scenario!(
-        "cancel",
-        Some(("insert/txn", insert_base)),
-        move |w, n| {
-            let s = s.clone();
-            // Preloaded task i is pending when i % 4 != 0; a repeat cancel is an idempotent 200.
-            let i = 4 * ((((w as u64) << 40) | n) % quarter) + 2;
-            async move {
-                s.post(&format!("/v1/task/{i:024x}/cancel"), &json!({}), None)
-                    .await
-                    .map(drop)
-            }
+    scenario!("cancel", Some(("insert/txn", insert_base)), move |w, n| {
+        let s = s.clone();
+        // Preloaded task i is pending when i % 4 != 0; a repeat cancel is an idempotent 200.
+        let i = 4 * ((((w as u64) << 40) | n) % quarter) + 2;
+        async move {
+            s.post(&format!("/v1/task/{i:024x}/cancel"), &json!({}), None)
+                .await
+                .map(drop)
         }
-    );
+    });
     let s = server.clone();
     scenario!(
         "claim + complete",

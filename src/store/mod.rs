@@ -36,6 +36,8 @@ pub struct Store {
     /// waits behind another request's fsync (WAL lets readers and the writer run together);
     /// on PostgreSQL, the same pool.
     read: DatabaseConnection,
+    /// Whether `read` is a pool of its own (to close), or `db` again.
+    separate_readers: bool,
 }
 
 /// Read-only SQLite connections (the writer stays alone).
@@ -73,9 +75,12 @@ impl Store {
         } else {
             options.max_connections(max_connections).min_connections(1);
         }
-        let is_sqlite = database_url.starts_with("sqlite:");
+        // An in-memory database exists only on its own connection: readers would see another.
+        let separate_readers = database_url.starts_with("sqlite:")
+            && !database_url.contains(":memory:")
+            && !database_url.contains("mode=memory");
         let db = Database::connect(options).await?;
-        let read = if is_sqlite {
+        let read = if separate_readers {
             // Opened after the writer, which created the file and switched it to WAL.
             let mut readers = ConnectOptions::new(database_url.to_owned());
             readers
@@ -90,7 +95,11 @@ impl Store {
         } else {
             db.clone()
         };
-        Ok(Store { db, read })
+        Ok(Store {
+            db,
+            read,
+            separate_readers,
+        })
     }
 
     pub async fn migrate(&self) -> Result<(), DbErr> {
@@ -118,8 +127,7 @@ impl Store {
     }
 
     pub async fn close(self) {
-        let separate_readers = self.is_sqlite();
-        if separate_readers {
+        if self.separate_readers {
             if let Err(err) = self.read.close().await {
                 tracing::warn!(error = %err, "closing the read pool failed");
             }
@@ -127,9 +135,5 @@ impl Store {
         if let Err(err) = self.db.close().await {
             tracing::warn!(error = %err, "closing the database pool failed");
         }
-    }
-
-    fn is_sqlite(&self) -> bool {
-        self.db.get_database_backend() == DbBackend::Sqlite
     }
 }
