@@ -205,3 +205,58 @@ fn an_unwritable_sqlite_location_is_named_with_what_to_check() {
     assert!(stderr.contains("/proc/annotask-unwritable.db"), "{stderr}");
     assert!(stderr.contains("writable"), "{stderr}");
 }
+
+/// An in-memory database lives on one connection: what a request writes, the next one reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_memory_sqlite_database_reads_what_it_wrote() {
+    let port = free_port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_annotask"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--database-url",
+            "sqlite::memory:",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let _banner = lines.next_line().await.expect("read").expect("banner");
+    let key = lines.next_line().await.expect("read").expect("key");
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !http
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(Instant::now() < deadline, "never became healthy");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let created = http
+        .post(format!("{base}/v1/task/imageannotation"))
+        .basic_auth(&key, Some(""))
+        .json(&serde_json::json!({"attachment": "https://e.com/a.png", "geometries": {"box": {}}}))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(created.status(), StatusCode::OK);
+    let page: serde_json::Value = http
+        .get(format!("{base}/v1/tasks"))
+        .basic_auth(&key, Some(""))
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(page["total"], 1, "{page}");
+    let _ = child.kill().await;
+}
