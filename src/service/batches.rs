@@ -5,6 +5,7 @@ use serde_json::{Map, Value};
 use super::{
     auth::require_admin,
     projects::{check_name, lookup_name},
+    tasks::check_text,
     Service,
 };
 use crate::{
@@ -43,11 +44,7 @@ impl Service {
         if new.project.trim().is_empty() {
             return Err(Error::invalid("Missing required parameter: 'project'."));
         }
-        if new.project.contains('\0') {
-            return Err(Error::invalid(
-                "Parameter 'project' must not contain NUL characters.",
-            ));
-        }
+        check_text("project", &new.project)?;
         if self.store.get_project(scope, &new.project).await?.is_none() {
             return Err(Error::invalid(format!(
                 "Project '{}' does not exist.",
@@ -110,14 +107,8 @@ impl Service {
                     ))
                 })?,
         };
-        if filter
-            .project
-            .as_deref()
-            .is_some_and(|name| name.contains('\0'))
-        {
-            return Err(Error::invalid(
-                "Parameter 'project' must not contain NUL characters.",
-            ));
+        if let Some(project) = &filter.project {
+            check_text("project", project)?;
         }
         let offset = u64::try_from(offset.unwrap_or(0))
             .map_err(|_| Error::invalid("Parameter 'offset' must be 0 or more."))?;

@@ -115,27 +115,39 @@ impl Service {
         } else {
             return None;
         };
-        let first_delay = self.callbacks.schedule.first().copied().unwrap_or_default();
-        Some(NewDelivery {
-            webhook_id: new_webhook_id(),
-            url: url.clone(),
+        Some(self.new_delivery(
+            url,
             event,
-            subject: CallbackSubject::Task(Box::new(after_change.clone())),
-            first_attempt_at: after(Timestamp::now(), first_delay),
-        })
+            CallbackSubject::Task(Box::new(after_change.clone())),
+        ))
     }
 
     /// The callback a batch's completion makes due, if it has one.
     pub(super) fn batch_callback_due(&self, batch: &Batch) -> Option<NewDelivery> {
         let url = batch.callback.as_ref()?;
+        Some(self.new_delivery(
+            url,
+            CallbackEvent::BatchCompleted,
+            CallbackSubject::Batch(Box::new(batch.clone())),
+        ))
+    }
+
+    /// A delivery with a fresh `webhook-id`, its first attempt due after the schedule's first
+    /// delay.
+    fn new_delivery(
+        &self,
+        url: &str,
+        event: CallbackEvent,
+        subject: CallbackSubject,
+    ) -> NewDelivery {
         let first_delay = self.callbacks.schedule.first().copied().unwrap_or_default();
-        Some(NewDelivery {
+        NewDelivery {
             webhook_id: new_webhook_id(),
-            url: url.clone(),
-            event: CallbackEvent::BatchCompleted,
-            subject: CallbackSubject::Batch(Box::new(batch.clone())),
+            url: url.to_owned(),
+            event,
+            subject,
             first_attempt_at: after(Timestamp::now(), first_delay),
-        })
+        }
     }
 
     /// Resolves when a change in this process has written a delivery (or at once if one did

@@ -2,7 +2,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{auth::require_admin, Service};
+use super::{auth::require_admin, tasks::check_text, Service};
 use crate::{
     domain::{BatchStatus, Caller, Project, Scope, TaskType, Timestamp},
     error::{Error, Result},
@@ -43,11 +43,7 @@ fn named(fields: &Map<String, Value>, name: &str) -> Result<Option<String>> {
     let Some(text) = fields.get(name).and_then(Value::as_str) else {
         return Ok(None);
     };
-    if text.contains('\0') {
-        return Err(Error::invalid(format!(
-            "Parameter '{name}' must not contain NUL characters."
-        )));
-    }
+    check_text(name, text)?;
     Ok((!text.is_empty()).then(|| text.to_owned()))
 }
 
@@ -69,11 +65,7 @@ pub(super) fn check_name(kind: &str, name: &str) -> Result<String> {
             "Missing required parameter: 'name' of the {kind}."
         )));
     }
-    if name.contains('\0') {
-        return Err(Error::invalid(format!(
-            "The {kind} name must not contain NUL characters."
-        )));
-    }
+    check_text("name", name)?;
     if name.chars().count() > 255 {
         return Err(Error::invalid(format!(
             "The {kind} name must be at most 255 characters."

@@ -536,7 +536,7 @@ fn parse_task_id(task_id: &str) -> Result<TaskId> {
 
 /// Text stored in its own column must hold no NUL: PostgreSQL cannot store one, and no
 /// legitimate name, id or instruction needs it. (JSON fields keep NULs, escaped.)
-fn check_text<'a>(name: &str, text: &'a str) -> Result<&'a str> {
+pub(super) fn check_text<'a>(name: &str, text: &'a str) -> Result<&'a str> {
     if text.contains('\0') {
         return Err(Error::invalid(format!(
             "Parameter '{name}' must not contain NUL characters."

@@ -4,7 +4,7 @@ use rand::RngCore;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::Service;
+use super::{tasks::check_text, Service};
 use crate::{
     domain::{Caller, ClaimFilter, Task, TaskLease, TaskStatus, TaskType, Timestamp},
     error::{Error, Result},
@@ -102,10 +102,8 @@ impl Service {
             ("project", &request.filter.project),
             ("batch", &request.filter.batch),
         ] {
-            if value.as_deref().is_some_and(|text| text.contains('\0')) {
-                return Err(Error::invalid(format!(
-                    "Parameter '{name}' must not contain NUL characters."
-                )));
+            if let Some(text) = value {
+                check_text(name, text)?;
             }
         }
         let now = Timestamp::now();

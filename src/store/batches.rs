@@ -1,16 +1,14 @@
 //! Batches, their status counts, and the status they move to as their tasks finish.
 
 use sea_orm::{
-    sea_query::{Alias, Expr, Func, SimpleExpr},
-    ActiveValue::Set,
-    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
 
 use super::{
     entities::{batches, task_counts},
     is_unique_violation,
-    tasks::{from_json_text, to_json_text},
+    tasks::{counter_sum, from_json_text, to_json_text},
     Store,
 };
 use crate::{
@@ -218,16 +216,10 @@ async fn settle(
 /// Read from the per-status counters kept with every task write: the cost does not grow
 /// with the batch.
 async fn batch_counts(db: &impl ConnectionTrait, scope: Scope, name: &str) -> Result<BatchCounts> {
-    // PostgreSQL's SUM(bigint) is numeric: cast back so both backends decode an i64.
-    let sum: SimpleExpr = Func::cast_as(
-        Func::sum(Expr::col(task_counts::Column::Total)),
-        Alias::new("bigint"),
-    )
-    .into();
     let rows: Vec<(String, Option<i64>)> = task_counts::Entity::find()
         .select_only()
         .column(task_counts::Column::Status)
-        .column_as(sum, "total")
+        .column_as(counter_sum(), "total")
         .filter(task_counts::Column::AccountId.eq(scope.account_id))
         .filter(task_counts::Column::IsTest.eq(scope.is_test))
         .filter(task_counts::Column::Batch.eq(name))

@@ -171,21 +171,25 @@ impl Store {
     }
 
     async fn sum_counts(&self, condition: Condition) -> Result<u64> {
-        // PostgreSQL's SUM(bigint) is numeric: cast back so both backends decode an i64.
-        let sum: SimpleExpr = Func::cast_as(
-            Func::sum(Expr::col(task_counts::Column::Total)),
-            Alias::new("bigint"),
-        )
-        .into();
         let total: Option<Option<i64>> = task_counts::Entity::find()
             .select_only()
-            .column_as(sum, "total")
+            .column_as(counter_sum(), "total")
             .filter(condition)
             .into_tuple()
             .one(&self.read)
             .await?;
         Ok(total.flatten().unwrap_or(0).max(0).unsigned_abs())
     }
+}
+
+/// `SUM(total)` over counter rows, as a bigint: PostgreSQL's SUM(bigint) is numeric, so it
+/// is cast back for both backends to decode an i64.
+pub(super) fn counter_sum() -> SimpleExpr {
+    Func::cast_as(
+        Func::sum(Expr::col(task_counts::Column::Total)),
+        Alias::new("bigint"),
+    )
+    .into()
 }
 
 /// Inserts the task, its tag rows and its counter inside `txn`, under a savepoint so that a
@@ -260,7 +264,7 @@ pub(super) fn scope_condition(scope: Scope) -> Condition {
         .add(tasks::Column::IsTest.eq(scope.is_test))
 }
 
-fn filter_condition(scope: Scope, filter: &TaskFilter) -> Condition {
+pub(super) fn filter_condition(scope: Scope, filter: &TaskFilter) -> Condition {
     let mut condition = scope_condition(scope);
     for (column, range) in [
         (tasks::Column::CreatedAt, filter.created),

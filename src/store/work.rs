@@ -7,11 +7,11 @@ use sea_orm::{
 
 use super::{
     entities::{batches, tasks},
-    tasks::{from_model, scope_condition},
+    tasks::{filter_condition, from_model},
     Store,
 };
 use crate::{
-    domain::{BatchStatus, ClaimFilter, Scope, Task, TaskLease, TaskStatus, Timestamp},
+    domain::{BatchStatus, ClaimFilter, Scope, Task, TaskFilter, TaskLease, TaskStatus, Timestamp},
     error::Result,
 };
 
@@ -27,22 +27,19 @@ impl Store {
         leases: Vec<TaskLease>,
     ) -> Result<Vec<Task>> {
         let txn = self.db.begin().await?;
-        let mut condition = scope_condition(scope)
-            .add(tasks::Column::Status.eq(TaskStatus::Pending.as_str()))
-            .add(
-                Condition::any()
-                    .add(tasks::Column::LeaseExpiresAt.is_null())
-                    .add(tasks::Column::LeaseExpiresAt.lte(now.millis())),
-            );
-        if let Some(project) = &filter.project {
-            condition = condition.add(tasks::Column::Project.eq(project.as_str()));
-        }
-        if let Some(batch) = &filter.batch {
-            condition = condition.add(tasks::Column::Batch.eq(batch.as_str()));
-        }
-        if let Some(task_type) = &filter.task_type {
-            condition = condition.add(tasks::Column::TaskType.eq(task_type.as_str()));
-        }
+        // The list's own filter for the pending tasks asked for, then only the unleased ones.
+        let pending = TaskFilter {
+            status: Some(TaskStatus::Pending),
+            project: filter.project.clone(),
+            batch: filter.batch.clone(),
+            task_type: filter.task_type.clone(),
+            ..TaskFilter::default()
+        };
+        let mut condition = filter_condition(scope, &pending).add(
+            Condition::any()
+                .add(tasks::Column::LeaseExpiresAt.is_null())
+                .add(tasks::Column::LeaseExpiresAt.lte(now.millis())),
+        );
         // A staging batch's tasks wait until it is finalized.
         let staging = Query::select()
             .column(batches::Column::Name)

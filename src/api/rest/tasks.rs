@@ -11,8 +11,8 @@ use serde_json::Value;
 
 use super::{
     extract::{
-        ok, parse_bool_param, parse_time_param, query_pairs, task_response, Auth, IdempotencyKey,
-        JsonBody, JsonOrFormBody, Segment,
+        field_flag, field_text, ok, parse_bool_param, parse_time_param, query_pairs, task_response,
+        Auth, IdempotencyKey, JsonBody, JsonOrFormBody, Segment,
     },
     json, AppState,
 };
@@ -158,7 +158,7 @@ async fn audit_task(
     Segment(task_id): Segment,
     body: JsonBody,
 ) -> Result<Response> {
-    let body = body.or_empty_object();
+    let body = body.object()?;
     let accepted = match body.get("accepted") {
         Some(Value::Bool(accepted)) => *accepted,
         Some(Value::String(text)) => parse_bool(text)
@@ -166,17 +166,8 @@ async fn audit_task(
         Some(_) => return Err(Error::invalid("Parameter 'accepted' must be a boolean.")),
         None => return Err(Error::invalid("Missing required parameter: 'accepted'.")),
     };
-    let comments = match body.get("comments") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(text)) => Some(text.clone()),
-        Some(_) => return Err(Error::invalid("Parameter 'comments' must be a string.")),
-    };
-    let rework = match body.get("rework") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(rework)) => *rework,
-        Some(Value::String(text)) => parse_bool_param("rework", text)?,
-        Some(_) => return Err(Error::invalid("Parameter 'rework' must be a boolean.")),
-    };
+    let comments = field_text(&body, "comments")?;
+    let rework = field_flag(&body, "rework")?;
     task_response(
         service
             .audit_task(caller, &task_id, accepted, comments, rework)
