@@ -1,6 +1,6 @@
 //! What a task list asks for: filters, a page size and a position.
 
-use super::{page_token::PageToken, task::TaskStatus, time::Timestamp};
+use super::{task::TaskStatus, time::Timestamp};
 
 /// An inclusive time range; either end may be open.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -51,7 +51,8 @@ pub struct ListQuery {
     pub filter: TaskFilter,
     /// `None` means the default page size.
     pub limit: Option<i64>,
-    pub after: Option<PageToken>,
+    /// The `next_token` as sent; the service decodes it.
+    pub next_token: Option<String>,
     /// Legacy paging: skip this many matching tasks (`None`: not asked for).
     pub offset: Option<u64>,
     pub limited_response: bool,

@@ -23,13 +23,13 @@ const SWEEP_BATCH: u64 = 1000;
 pub(super) struct InFlightKeys(Mutex<HashSet<String>>);
 
 /// Releases its key when dropped: on completion, on error, and when the client goes away.
-struct InFlightGuard<'a> {
+pub(super) struct InFlightGuard<'a> {
     keys: &'a InFlightKeys,
     key: String,
 }
 
 impl InFlightKeys {
-    fn claim(&self, key: &str) -> Result<InFlightGuard<'_>> {
+    pub(super) fn claim(&self, key: &str) -> Result<InFlightGuard<'_>> {
         let mut keys = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         if !keys.insert(key.to_owned()) {
             return Err(Error::IdempotencyInFlight);
@@ -63,12 +63,7 @@ impl Service {
         fields: Map<String, Value>,
         prepare: impl FnOnce(Map<String, Value>) -> Result<(Task, Option<NewDelivery>)>,
     ) -> Result<Created> {
-        if key.is_empty() || key.chars().count() > self.limits.max_unique_id_chars {
-            return Err(Error::invalid(format!(
-                "The Idempotency-Key header must be 1 to {} characters.",
-                self.limits.max_unique_id_chars
-            )));
-        }
+        self.check_idempotency_key(key)?;
         let fingerprint = fingerprint(task_type, &fields);
         let _in_flight = self.in_flight.claim(key)?;
         let now = Timestamp::now();
@@ -77,9 +72,7 @@ impl Service {
             scope,
             fingerprint,
             now,
-            expires_at: Timestamp::from_millis(now.millis().saturating_add(
-                i64::try_from(self.idempotency_ttl.as_millis()).unwrap_or(i64::MAX),
-            )),
+            expires_at: self.idempotency_expiry(now),
         };
         let StoredOutcome { outcome, replayed } = self
             .store
@@ -93,6 +86,25 @@ impl Service {
             }
         }
         Ok(Created { outcome, replayed })
+    }
+
+    pub(super) fn check_idempotency_key(&self, key: &str) -> Result<()> {
+        if key.is_empty() || key.chars().count() > self.limits.max_unique_id_chars {
+            return Err(Error::invalid(format!(
+                "The Idempotency-Key header must be 1 to {} characters.",
+                self.limits.max_unique_id_chars
+            )));
+        }
+        Ok(())
+    }
+
+    /// When a key claimed at `now` may be reused for another request.
+    pub(super) fn idempotency_expiry(&self, now: Timestamp) -> Timestamp {
+        Timestamp::from_millis(
+            now.millis().saturating_add(
+                i64::try_from(self.idempotency_ttl.as_millis()).unwrap_or(i64::MAX),
+            ),
+        )
     }
 
     /// Deletes every expired idempotency key, a bounded batch per statement.
@@ -123,7 +135,7 @@ fn fingerprint(task_type: &str, fields: &Map<String, Value>) -> String {
     hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
 }
 
-fn canonical(value: &Value) -> Value {
+pub(super) fn canonical(value: &Value) -> Value {
     match value {
         Value::Object(map) => {
             let mut entries: Vec<_> = map.iter().collect();

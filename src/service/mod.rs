@@ -2,6 +2,7 @@
 
 mod auth;
 mod batches;
+mod bulk;
 mod callbacks;
 mod idempotency;
 mod projects;
@@ -10,6 +11,10 @@ mod work;
 
 pub use auth::{credential_from_authorization, generate_api_key};
 pub use batches::{BatchPage, NewBatch};
+pub use bulk::{
+    ImportFingerprint, ImportItem, ImportLine, ImportOutcome, ImportSummary, StoredImport,
+    IMPORT_CHUNK,
+};
 pub use callbacks::{sign_webhook, AttemptOutcome};
 pub use tasks::{tags_from_json, Created, TagEdit, TaskPage};
 pub use work::{ClaimRequest, ClaimedTask};

@@ -12,6 +12,7 @@ use crate::{
 const NOT_INHERITED: [&str; 4] = ["unique_id", "project", "batch", "clear_unique_id_on_error"];
 
 /// Where a new task goes: its project (named, or its batch's) and whether it came from the batch.
+#[derive(Clone)]
 pub(super) struct Placement {
     project: Option<Project>,
     project_from_batch: bool,

@@ -95,7 +95,7 @@ impl Service {
     /// Validates a creation request (the REST body, or the gRPC request rebuilt into the same
     /// shape) into a new task: pending, or completed at once in the test world. Fields that are
     /// not common to every type become `params`.
-    fn prepare_task(
+    pub(super) fn prepare_task(
         &self,
         scope: Scope,
         task_type: &str,
@@ -205,30 +205,17 @@ impl Service {
                 "Parameter 'limit' must be between 1 and {MAX_PAGE_SIZE}."
             )));
         }
-        let filter = &query.filter;
-        for (name, values) in [
-            ("type", filter.task_type.as_slice()),
-            ("project", filter.project.as_slice()),
-            ("batch", filter.batch.as_slice()),
-            ("unique_id", filter.unique_ids.as_slice()),
-            ("tags", filter.tags.as_slice()),
-            (
-                "customer_review_status",
-                filter.customer_review_statuses.as_slice(),
-            ),
-        ] {
-            for value in values {
-                check_text(name, value)?;
-            }
-        }
-        if let Some(task_type) = &query.filter.task_type {
-            if TaskType::parse(task_type).is_none() {
-                return Err(Error::invalid(format!(
-                    "Parameter 'type' is not a known task type: '{task_type}'."
-                )));
-            }
-        }
-        if query.offset.is_some() && query.after.is_some() {
+        check_filter(&query.filter)?;
+        let after = query
+            .next_token
+            .as_deref()
+            .map(|token| {
+                PageToken::decode(token).ok_or_else(|| {
+                    Error::invalid("Parameter 'next_token' is not a valid page token.")
+                })
+            })
+            .transpose()?;
+        if query.offset.is_some() && after.is_some() {
             return Err(Error::invalid(
                 "Parameters 'offset' and 'next_token' cannot be used together: page with one of them.",
             ));
@@ -237,13 +224,7 @@ impl Service {
         let page_size = limit.unsigned_abs();
         let mut docs = self
             .store
-            .list_tasks(
-                scope,
-                &query.filter,
-                query.after.as_ref(),
-                offset,
-                page_size + 1,
-            )
+            .list_tasks(scope, &query.filter, after.as_ref(), offset, page_size + 1)
             .await?;
         let has_more = docs.len() as u64 > page_size;
         docs.truncate(page_size as usize);
@@ -565,4 +546,31 @@ pub(super) fn check_callback_url(text: String) -> Result<String> {
             "Parameter 'callback_url' must be an http or https URL.",
         )),
     }
+}
+
+/// The list's filters, checked (shared by lists and exports).
+pub(super) fn check_filter(filter: &crate::domain::TaskFilter) -> Result<()> {
+    for (name, values) in [
+        ("type", filter.task_type.as_slice()),
+        ("project", filter.project.as_slice()),
+        ("batch", filter.batch.as_slice()),
+        ("unique_id", filter.unique_ids.as_slice()),
+        ("tags", filter.tags.as_slice()),
+        (
+            "customer_review_status",
+            filter.customer_review_statuses.as_slice(),
+        ),
+    ] {
+        for value in values {
+            check_text(name, value)?;
+        }
+    }
+    if let Some(task_type) = &filter.task_type {
+        if TaskType::parse(task_type).is_none() {
+            return Err(Error::invalid(format!(
+                "Parameter 'type' is not a known task type: '{task_type}'."
+            )));
+        }
+    }
+    Ok(())
 }

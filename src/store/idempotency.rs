@@ -28,7 +28,67 @@ pub struct StoredOutcome {
     pub replayed: bool,
 }
 
+/// A key's stored record, for requests other than a single create (imports).
+pub struct IdempotencyRecord {
+    pub scope: Scope,
+    pub fingerprint: String,
+    /// The stored answer, as JSON.
+    pub outcome: String,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+}
+
 impl Store {
+    pub async fn find_idempotency_record(&self, key: &str) -> Result<Option<IdempotencyRecord>> {
+        Ok(idempotency_keys::Entity::find_by_id(key)
+            .one(&self.db)
+            .await?
+            .map(|row| IdempotencyRecord {
+                scope: Scope {
+                    account_id: row.account_id,
+                    is_test: row.is_test,
+                },
+                fingerprint: row.fingerprint,
+                outcome: row.outcome,
+                created_at: Timestamp::from_millis(row.created_at),
+                expires_at: Timestamp::from_millis(row.expires_at),
+            }))
+    }
+
+    /// Stores `record` under `key`, replacing an expired record; if another request stored
+    /// one in the meantime, that one stays (it answers replays from now on).
+    pub async fn save_idempotency_record(
+        &self,
+        key: &str,
+        record: &IdempotencyRecord,
+    ) -> Result<()> {
+        let txn = self.db.begin().await?;
+        idempotency_keys::Entity::delete_many()
+            .filter(idempotency_keys::Column::IdempotencyKey.eq(key))
+            .filter(idempotency_keys::Column::ExpiresAt.lte(record.created_at.millis()))
+            .exec(&txn)
+            .await?;
+        let row = idempotency_keys::ActiveModel {
+            idempotency_key: Set(key.to_owned()),
+            account_id: Set(record.scope.account_id),
+            is_test: Set(record.scope.is_test),
+            fingerprint: Set(record.fingerprint.clone()),
+            outcome: Set(record.outcome.clone()),
+            created_at: Set(record.created_at.millis()),
+            expires_at: Set(record.expires_at.millis()),
+        };
+        idempotency_keys::Entity::insert(row)
+            .on_conflict(
+                sea_orm::sea_query::OnConflict::column(idempotency_keys::Column::IdempotencyKey)
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .exec_without_returning(&txn)
+            .await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
     /// Replays the outcome stored under the key, or creates `prepared` (which may already be a
     /// validation error) and stores its outcome, in one transaction.
     pub async fn create_task_idempotently(

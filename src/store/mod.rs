@@ -15,8 +15,9 @@ pub use batches::OnBatchCompleted;
 pub use callbacks::AttemptRecord;
 pub use connect::ConnectError;
 use error::is_unique_violation;
+pub use tasks::BulkInserted;
 
-pub use idempotency::{IdempotencyClaim, StoredOutcome};
+pub use idempotency::{IdempotencyClaim, IdempotencyRecord, StoredOutcome};
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@ use sea_orm::{
     sea_query::{Alias, Expr, Func, OnConflict, Query, SimpleExpr},
     ActiveValue::Set,
     ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    QueryFilter, QueryOrder, QuerySelect, QueryTrait, TransactionTrait,
 };
 use serde_json::{Map, Value};
 
@@ -106,34 +106,62 @@ impl Store {
         offset: u64,
         fetch: u64,
     ) -> Result<Vec<Task>> {
-        let mut select = tasks::Entity::find().filter(filter_condition(scope, filter));
-        if let Some(position) = after {
-            // A row-value comparison, `(created_at, task_id) < (?, ?)`: both databases walk
-            // the list index straight to the position, where the equivalent OR made SQLite
-            // scan every row before it.
-            select = select.filter(
-                Expr::tuple([
-                    Expr::col(tasks::Column::CreatedAt).into(),
-                    Expr::col(tasks::Column::TaskId).into(),
-                ])
-                .lt(Expr::tuple([
-                    Expr::value(position.created_at.millis()),
-                    Expr::value(position.task_id.as_str()),
-                ])),
-            );
-        }
+        let mut select = page_select(scope, filter, after);
         if offset > 0 {
             select = select.offset(offset);
         }
         select
-            .order_by_desc(tasks::Column::CreatedAt)
-            .order_by_desc(tasks::Column::TaskId)
             .limit(fetch)
             .all(&self.read)
             .await?
             .into_iter()
             .map(from_model)
             .collect()
+    }
+
+    /// Sends every task matching `filter` after `after` to `out`, in list order, from one
+    /// read transaction (a snapshot: REPEATABLE READ on PostgreSQL, a WAL read snapshot on
+    /// SQLite), one keyset page at a time so memory stays flat. A closed `out` ends it early.
+    pub async fn export_tasks(
+        &self,
+        scope: Scope,
+        filter: &TaskFilter,
+        mut after: Option<PageToken>,
+        out: &tokio::sync::mpsc::Sender<Task>,
+    ) -> Result<()> {
+        const EXPORT_PAGE: u64 = 500;
+        let txn = if self.is_postgres() {
+            self.read
+                .begin_with_config(
+                    Some(sea_orm::IsolationLevel::RepeatableRead),
+                    Some(sea_orm::AccessMode::ReadOnly),
+                )
+                .await?
+        } else {
+            self.read.begin().await?
+        };
+        loop {
+            let rows = page_select(scope, filter, after.as_ref())
+                .limit(EXPORT_PAGE)
+                .all(&txn)
+                .await?;
+            let full = rows.len() as u64 == EXPORT_PAGE;
+            for row in rows {
+                let task = from_model(row)?;
+                after = Some(PageToken {
+                    created_at: task.created_at,
+                    task_id: task.id.clone(),
+                });
+                if out.send(task).await.is_err() {
+                    return Ok(());
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        txn.commit().await?;
+        Ok(())
     }
 
     /// The exact number of tasks matching `filter`.
@@ -220,6 +248,150 @@ pub(super) async fn insert_task_in(
     Ok(())
 }
 
+/// What became of one task in a bulk insert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BulkInserted {
+    Created,
+    /// Another task (already stored, or earlier in the same call) holds its unique_id.
+    Duplicate {
+        holder: String,
+    },
+}
+
+/// Rows per multi-row INSERT: ~24 bound values per task stays far below SQLite's 32,766.
+const ROWS_PER_INSERT: usize = 500;
+
+impl Store {
+    /// Inserts many tasks in one transaction: one multi-row `INSERT … ON CONFLICT DO NOTHING`
+    /// per chunk, then their tags, counters, callbacks and batches. A task whose unique_id is
+    /// taken is not inserted and is answered with the holder; the others commit together.
+    /// Locks (unique_id index entries, counter rows, batch rows) are taken in sorted order, so
+    /// concurrent bulk inserts on PostgreSQL cannot deadlock on each other.
+    pub async fn insert_tasks(
+        &self,
+        items: &[(Task, Option<NewDelivery>)],
+        on_batch_completed: OnBatchCompleted<'_>,
+    ) -> Result<Vec<BulkInserted>> {
+        let txn = self.db.begin().await?;
+        let outcomes = insert_tasks_in(&txn, items, on_batch_completed).await?;
+        txn.commit().await?;
+        Ok(outcomes)
+    }
+}
+
+async fn insert_tasks_in(
+    txn: &DatabaseTransaction,
+    items: &[(Task, Option<NewDelivery>)],
+    on_batch_completed: OnBatchCompleted<'_>,
+) -> Result<Vec<BulkInserted>> {
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by(|&a, &b| items[a].0.unique_id.cmp(&items[b].0.unique_id));
+    let mut inserted = std::collections::HashSet::new();
+    for chunk in order.chunks(ROWS_PER_INSERT) {
+        let rows = chunk
+            .iter()
+            .map(|&index| to_active_model(&items[index].0))
+            .collect::<Result<Vec<_>>>()?;
+        let mut insert = tasks::Entity::insert_many(rows)
+            .on_conflict(OnConflict::new().do_nothing().to_owned())
+            .into_query();
+        insert.returning_col(tasks::Column::TaskId);
+        let statement = txn.get_database_backend().build(&insert);
+        for row in txn.query_all(statement).await? {
+            inserted.insert(row.try_get::<String>("", "task_id")?);
+        }
+    }
+
+    let mut outcomes = Vec::with_capacity(items.len());
+    let mut refused = Vec::new();
+    for (index, (task, _)) in items.iter().enumerate() {
+        if inserted.contains(task.id.as_str()) {
+            outcomes.push(BulkInserted::Created);
+            continue;
+        }
+        let Some(unique_id) = task.unique_id.clone() else {
+            // Only a unique_id can conflict; a task id collision would be a bug.
+            tracing::error!(task_id = %task.id, "a task without unique_id was not inserted");
+            return Err(Error::Internal);
+        };
+        refused.push((index, task.scope, unique_id));
+        outcomes.push(BulkInserted::Duplicate {
+            holder: String::new(),
+        });
+    }
+    for (index, scope, unique_id) in refused {
+        let holder = find_task_id_by_unique_id(txn, scope, &unique_id)
+            .await?
+            .unwrap_or_default();
+        outcomes[index] = BulkInserted::Duplicate { holder };
+    }
+
+    let created = || {
+        items
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, outcome)| **outcome == BulkInserted::Created)
+            .map(|(item, _)| item)
+    };
+    let tag_rows: Vec<_> = created()
+        .flat_map(|(task, _)| {
+            task.tags
+                .iter()
+                .flatten()
+                .map(move |tag| task_tags::ActiveModel {
+                    task_id: Set(task.id.to_string()),
+                    tag: Set(tag.clone()),
+                    account_id: Set(task.scope.account_id),
+                    is_test: Set(task.scope.is_test),
+                })
+        })
+        .collect();
+    for chunk in tag_rows.chunks(ROWS_PER_INSERT * 4) {
+        task_tags::Entity::insert_many(chunk.to_vec())
+            .exec_without_returning(txn)
+            .await?;
+    }
+    // One upsert per counter row, in key order.
+    let mut counts = std::collections::BTreeMap::new();
+    for (task, _) in created() {
+        let (project, batch, task_type, status) = count_key(task);
+        let key = (
+            task.scope.account_id,
+            task.scope.is_test,
+            project,
+            batch,
+            task_type,
+            status.as_str(),
+        );
+        counts.entry(key).or_insert((task, 0_i64)).1 += 1;
+    }
+    for (task, delta) in counts.into_values() {
+        adjust_count(txn, task, delta).await?;
+    }
+    for (_, callback) in created() {
+        if let Some(callback) = callback {
+            super::callbacks::insert_delivery(txn, callback).await?;
+        }
+    }
+    let batches: std::collections::BTreeSet<_> = created()
+        .filter_map(|(task, _)| {
+            Some((
+                task.scope.account_id,
+                task.scope.is_test,
+                task.batch.as_deref()?,
+            ))
+        })
+        .collect();
+    for (account_id, is_test, batch) in batches {
+        let scope = Scope {
+            account_id,
+            is_test,
+        };
+        super::batches::refresh_batch(txn, scope, batch, on_batch_completed).await?;
+    }
+    Ok(outcomes)
+}
+
 async fn find_task_id_by_unique_id(
     db: &impl ConnectionTrait,
     scope: Scope,
@@ -256,6 +428,34 @@ async fn translate_write_error(
         },
         Err(lookup) => lookup,
     }
+}
+
+/// Tasks matching `filter` in list order (`created_at` desc, then `task_id` desc), after
+/// `after` when given.
+fn page_select(
+    scope: Scope,
+    filter: &TaskFilter,
+    after: Option<&PageToken>,
+) -> sea_orm::Select<tasks::Entity> {
+    let mut select = tasks::Entity::find().filter(filter_condition(scope, filter));
+    if let Some(position) = after {
+        // A row-value comparison, `(created_at, task_id) < (?, ?)`: both databases walk the
+        // list index straight to the position, where the equivalent OR made SQLite scan every
+        // row before it.
+        select = select.filter(
+            Expr::tuple([
+                Expr::col(tasks::Column::CreatedAt).into(),
+                Expr::col(tasks::Column::TaskId).into(),
+            ])
+            .lt(Expr::tuple([
+                Expr::value(position.created_at.millis()),
+                Expr::value(position.task_id.as_str()),
+            ])),
+        );
+    }
+    select
+        .order_by_desc(tasks::Column::CreatedAt)
+        .order_by_desc(tasks::Column::TaskId)
 }
 
 pub(super) fn scope_condition(scope: Scope) -> Condition {

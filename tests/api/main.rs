@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod bulk;
 mod callbacks;
 mod grpc;
 mod grpc_web;

@@ -8,7 +8,7 @@ use crate::error::Error;
 const ERROR_DOMAIN: &str = "annotask";
 
 /// No wildcard arm: a new error variant cannot be forgotten here.
-fn grpc_code(err: &Error) -> Code {
+pub(super) fn grpc_code(err: &Error) -> Code {
     match err {
         Error::InvalidArgument(_) => Code::InvalidArgument,
         Error::FailedPrecondition(_) | Error::LeaseLost(_) => Code::FailedPrecondition,

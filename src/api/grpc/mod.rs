@@ -2,6 +2,7 @@
 //! encode. One file per service; shared request plumbing lives here.
 
 mod batches;
+mod bulk;
 pub mod convert;
 mod error;
 mod projects;

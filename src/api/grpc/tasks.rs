@@ -5,7 +5,7 @@ use tonic::{Request, Response, Status};
 
 use super::{convert, idempotency_key, mark_replayed, non_empty, GrpcApi};
 use crate::{
-    domain::{Caller, ListQuery, PageToken, TaskFilter, TimeRange},
+    domain::{Caller, ListQuery, TaskFilter, TimeRange},
     error::Error,
     proto::{self, task_service_server::TaskService},
     service::TagEdit,
@@ -49,14 +49,7 @@ pub(super) fn time_range(
     })
 }
 
-fn list_query(request: proto::ListTasksRequest) -> Result<ListQuery, Error> {
-    let after =
-        match non_empty(request.next_token) {
-            Some(token) => Some(PageToken::decode(&token).ok_or_else(|| {
-                Error::invalid("Parameter 'next_token' is not a valid page token.")
-            })?),
-            None => None,
-        };
+pub(super) fn list_query(request: proto::ListTasksRequest) -> Result<ListQuery, Error> {
     Ok(ListQuery {
         filter: TaskFilter {
             created: time_range(
@@ -93,13 +86,13 @@ fn list_query(request: proto::ListTasksRequest) -> Result<ListQuery, Error> {
                     .map_err(|_| Error::invalid("Parameter 'offset' must be 0 or more."))?,
             ),
         },
-        after,
+        next_token: non_empty(request.next_token),
         limited_response: request.limited_response,
     })
 }
 
 /// The gRPC request rebuilt into the REST body's shape, so one code path validates both.
-fn creation_fields(request: proto::CreateTaskRequest) -> Map<String, Value> {
+pub(super) fn creation_fields(request: proto::CreateTaskRequest) -> Map<String, Value> {
     let mut fields = convert::object_or_empty(request.params);
     let mut set = |name: &str, value: Option<Value>| {
         if let Some(value) = value {
@@ -133,6 +126,23 @@ fn creation_fields(request: proto::CreateTaskRequest) -> Map<String, Value> {
 
 #[tonic::async_trait]
 impl TaskService for GrpcApi {
+    type ImportTasksStream = super::bulk::ImportStream;
+    type ExportTasksStream = super::bulk::ExportStream;
+
+    async fn import_tasks(
+        &self,
+        request: Request<tonic::Streaming<proto::ImportTasksRequest>>,
+    ) -> Result<Response<Self::ImportTasksStream>, Status> {
+        self.import(request).await
+    }
+
+    async fn export_tasks(
+        &self,
+        request: Request<proto::ExportTasksRequest>,
+    ) -> Result<Response<Self::ExportTasksStream>, Status> {
+        self.export(request).await
+    }
+
     async fn create_task(&self, request: Request<proto::CreateTaskRequest>) -> TaskResult {
         let caller = self.caller(&request).await?;
         let idempotency_key = idempotency_key(&request)?;

@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::error::Error;
 
 /// No wildcard arm: a new error variant cannot be forgotten here.
-fn http_status(err: &Error) -> StatusCode {
+pub(super) fn http_status(err: &Error) -> StatusCode {
     match err {
         Error::InvalidArgument(_) | Error::FailedPrecondition(_) => StatusCode::BAD_REQUEST,
         Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,

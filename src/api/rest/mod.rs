@@ -2,6 +2,7 @@
 //! encode Scale's JSON. One file per resource; shared request plumbing lives in `extract`.
 
 mod batches;
+mod bulk;
 mod error;
 mod extract;
 pub mod json;
@@ -24,6 +25,7 @@ type AppState = Arc<Service>;
 pub fn v1_router(service: AppState) -> Router {
     Router::new()
         .merge(tasks::routes())
+        .merge(bulk::routes())
         .merge(work::routes())
         .merge(projects::routes())
         .merge(batches::routes())

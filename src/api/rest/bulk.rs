@@ -1,0 +1,331 @@
+//! Bulk import and export over NDJSON (SPEC §12): `/v1/tasks/import`, `/v1/tasks/export`.
+
+use axum::{
+    body::{Body, Bytes},
+    extract::{RawQuery, State},
+    http::{header, HeaderValue},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Router,
+};
+use futures_util::{Stream, StreamExt};
+use serde_json::{json, Map, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::{
+    error::http_status,
+    extract::{Auth, IdempotencyKey},
+    json,
+    tasks::parse_list_query,
+    AppState,
+};
+use crate::{
+    api::spool::{spool, SpoolReader, SpoolWriter},
+    error::{Error, Result},
+    service::{
+        ImportFingerprint, ImportItem, ImportLine, ImportOutcome, ImportSummary, IMPORT_CHUNK,
+    },
+};
+
+const NDJSON: &str = "application/x-ndjson";
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/tasks/import", post(import_tasks))
+        .route("/tasks/export", get(export_tasks))
+}
+
+async fn import_tasks(
+    State(service): State<AppState>,
+    Auth(caller): Auth,
+    IdempotencyKey(idempotency_key): IdempotencyKey,
+    body: Body,
+) -> Result<Response> {
+    let max_line = service.limits().max_body_bytes;
+    let items = ndjson_items(body, max_line);
+    if let Some(key) = &idempotency_key {
+        if let Some(stored) = service.stored_import(caller, key).await? {
+            // A repeat: read the whole body to be sure it is the same import, create nothing.
+            let mut fingerprint = ImportFingerprint::default();
+            let mut items = std::pin::pin!(items);
+            while let Some(item) = items.next().await {
+                fingerprint.add(&item?);
+            }
+            let summary = service.replay_import(caller, stored, fingerprint)?;
+            let mut response = ndjson_response(Body::from(summary_line(&summary)));
+            response
+                .headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            return Ok(response);
+        }
+    }
+
+    let (mut writer, reader) = spool().map_err(|err| {
+        tracing::error!(error = %err, "creating an import spool failed");
+        Error::Internal
+    })?;
+    // Reading and parsing the upload runs ahead of the inserts, a bounded distance.
+    let (sender, receiver) = mpsc::channel(IMPORT_CHUNK * 2);
+    tokio::spawn(async move {
+        let mut items = std::pin::pin!(items);
+        while let Some(item) = items.next().await {
+            if sender.send(item).await.is_err() {
+                break;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let mut emit = |lines: Vec<ImportLine>| write_lines(&mut writer, &lines);
+        let outcome = service
+            .import_tasks(
+                caller,
+                idempotency_key.as_deref(),
+                ReceiverStream::new(receiver),
+                &mut emit,
+            )
+            .await;
+        let last = match outcome {
+            Ok(summary) => summary_line(&summary),
+            // Everything answered above is committed; the summary's absence says the rest is not.
+            Err(err) => error_json(&err).to_string() + "\n",
+        };
+        if let Err(err) = writer.push(last.as_bytes()).and_then(|()| writer.finish()) {
+            tracing::warn!(error = %err, "finishing an import's answer failed");
+        }
+    });
+    Ok(ndjson_response(spooled_body(reader)))
+}
+
+/// The upload as import items: one per non-blank line, numbered from 1. A line that is not a
+/// JSON object with a `type` is an error item; a broken upload ends with an error.
+fn ndjson_items(body: Body, max_line: usize) -> impl Stream<Item = Result<ImportItem>> {
+    let lines = LineSplitter::lines(body.into_data_stream(), max_line);
+    lines.filter_map(move |line| async move {
+        match line {
+            Err(err) => Some(Err(err)),
+            Ok(Line::Blank) => None,
+            Ok(Line::TooLong { number }) => Some(Ok(ImportItem {
+                line: number,
+                request: Err(Error::PayloadTooLarge(format!(
+                    "The line is longer than the {max_line}-byte limit for one task."
+                ))),
+            })),
+            Ok(Line::Text { number, bytes }) => Some(Ok(ImportItem {
+                line: number,
+                request: parse_line(&bytes),
+            })),
+        }
+    })
+}
+
+fn parse_line(bytes: &[u8]) -> Result<(String, Map<String, Value>)> {
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|err| Error::invalid(format!("The line is not valid JSON: {err}.")))?;
+    let Value::Object(mut fields) = value else {
+        return Err(Error::invalid("The line must be a JSON object."));
+    };
+    match fields.remove("type") {
+        Some(Value::String(task_type)) => Ok((task_type, fields)),
+        Some(_) => Err(Error::invalid("Parameter 'type' must be a string.")),
+        None => Err(Error::invalid("Missing required parameter: 'type'.")),
+    }
+}
+
+enum Line {
+    Blank,
+    TooLong { number: u64 },
+    Text { number: u64, bytes: Vec<u8> },
+}
+
+/// Splits a byte stream into lines without ever holding more than one line (bounded by
+/// `max_line`) plus one received chunk.
+struct LineSplitter<S> {
+    chunks: S,
+    max_line: usize,
+    current: Vec<u8>,
+    /// The current line passed `max_line`: its bytes are dropped until its end.
+    overflowed: bool,
+    number: u64,
+    pending: std::collections::VecDeque<Line>,
+    done: bool,
+}
+
+impl<S> LineSplitter<S>
+where
+    S: Stream<Item = std::result::Result<Bytes, axum::Error>> + Unpin,
+{
+    fn lines(chunks: S, max_line: usize) -> impl Stream<Item = Result<Line>> {
+        let splitter = LineSplitter {
+            chunks,
+            max_line,
+            current: Vec::new(),
+            overflowed: false,
+            number: 0,
+            pending: Default::default(),
+            done: false,
+        };
+        futures_util::stream::unfold(splitter, |mut splitter| async move {
+            let line = splitter.next_line().await?;
+            Some((line, splitter))
+        })
+    }
+
+    async fn next_line(&mut self) -> Option<Result<Line>> {
+        loop {
+            if let Some(line) = self.pending.pop_front() {
+                return Some(Ok(line));
+            }
+            if self.done {
+                return None;
+            }
+            match self.chunks.next().await {
+                Some(Ok(chunk)) => self.split(&chunk),
+                Some(Err(err)) => {
+                    self.done = true;
+                    tracing::info!(error = %err, "an import's upload broke off");
+                    return Some(Err(Error::invalid(
+                        "The request body could not be read to its end.",
+                    )));
+                }
+                None => {
+                    self.done = true;
+                    if !self.current.is_empty() || self.overflowed {
+                        self.end_line();
+                    }
+                }
+            }
+        }
+    }
+
+    fn split(&mut self, mut chunk: &[u8]) {
+        while let Some(end) = chunk.iter().position(|&byte| byte == b'\n') {
+            self.take(&chunk[..end]);
+            self.end_line();
+            chunk = &chunk[end + 1..];
+        }
+        self.take(chunk);
+    }
+
+    fn take(&mut self, bytes: &[u8]) {
+        if self.overflowed {
+            return;
+        }
+        if self.current.len() + bytes.len() > self.max_line {
+            self.overflowed = true;
+            self.current = Vec::new();
+        } else {
+            self.current.extend_from_slice(bytes);
+        }
+    }
+
+    fn end_line(&mut self) {
+        self.number += 1;
+        let number = self.number;
+        let line = if std::mem::take(&mut self.overflowed) {
+            Line::TooLong { number }
+        } else {
+            let bytes = std::mem::take(&mut self.current);
+            if bytes.iter().all(u8::is_ascii_whitespace) {
+                Line::Blank
+            } else {
+                Line::Text { number, bytes }
+            }
+        };
+        self.pending.push_back(line);
+    }
+}
+
+fn write_lines(writer: &mut SpoolWriter, lines: &[ImportLine]) -> Result<()> {
+    let spool_failed = |err: std::io::Error| {
+        tracing::error!(error = %err, "writing an import's answer failed");
+        Error::Internal
+    };
+    for line in lines {
+        let value = match &line.outcome {
+            ImportOutcome::Created { task_id } => {
+                json!({"line": line.line, "result": "created", "task_id": task_id})
+            }
+            ImportOutcome::Duplicate { task_id } => {
+                json!({"line": line.line, "result": "duplicate", "task_id": task_id})
+            }
+            ImportOutcome::Error(err) => json!({
+                "line": line.line,
+                "result": "error",
+                "status_code": http_status(err).as_u16(),
+                "error": err.to_string(),
+            }),
+        };
+        let mut text = value.to_string();
+        text.push('\n');
+        writer.push(text.as_bytes()).map_err(spool_failed)?;
+    }
+    writer.checkpoint().map_err(spool_failed)
+}
+
+fn summary_line(summary: &ImportSummary) -> String {
+    json!({"summary": {
+        "lines": summary.lines,
+        "created": summary.created,
+        "duplicate": summary.duplicate,
+        "error": summary.error,
+    }})
+    .to_string()
+        + "\n"
+}
+
+fn error_json(err: &Error) -> Value {
+    json!({"status_code": http_status(err).as_u16(), "error": err.to_string()})
+}
+
+fn spooled_body(reader: SpoolReader) -> Body {
+    let stream = futures_util::stream::unfold(reader, |mut reader| async move {
+        let records = reader.next_records().await?;
+        let chunk = records.map(|records| Bytes::from(records.concat()));
+        Some((chunk, reader))
+    });
+    Body::from_stream(stream)
+}
+
+fn ndjson_response(body: Body) -> Response {
+    let mut response = body.into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON));
+    response
+}
+
+async fn export_tasks(
+    State(service): State<AppState>,
+    Auth(caller): Auth,
+    RawQuery(query): RawQuery,
+) -> Result<Response> {
+    let query = parse_list_query(query.as_deref().unwrap_or(""))?;
+    let (sender, receiver) = mpsc::channel(256);
+    let (error_sender, mut error) = oneshot::channel();
+    tokio::spawn(async move {
+        if let Err(err) = service.export_tasks(caller, query, sender.clone()).await {
+            // Sent before `sender` drops, so the reader finds it when the tasks end.
+            let _ = error_sender.send(err);
+        }
+        drop(sender);
+    });
+    let mut tasks = ReceiverStream::new(receiver);
+    let Some(first) = tasks.next().await else {
+        // Nothing exported: a bad filter or token answers with its own status.
+        return match error.try_recv() {
+            Ok(err) => Err(err),
+            Err(_) => Ok(ndjson_response(Body::empty())),
+        };
+    };
+    let lines = futures_util::stream::iter([first])
+        .chain(tasks)
+        .map(|task| json::task(&task).to_string() + "\n");
+    // A failure after the first line can only end the stream: it ends with an error line.
+    let failure = futures_util::stream::once(async move { error.await.ok() })
+        .filter_map(|err| std::future::ready(err.map(|err| error_json(&err).to_string() + "\n")));
+    let body = lines
+        .chain(failure)
+        .map(|text| Ok::<_, std::convert::Infallible>(Bytes::from(text)));
+    Ok(ndjson_response(Body::from_stream(body)))
+}
