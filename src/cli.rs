@@ -1,4 +1,5 @@
-//! `annotask serve | migrate | api-keys create | callbacks show`: the command line and what each command does.
+//! `annotask serve | migrate | api-keys create | callbacks show | import | export`: the command
+//! line and what each command does.
 
 use std::{io, time::Duration};
 
@@ -6,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 
 use crate::{
+    bulk_client,
     config::{parse_callback_schedule, Config, DEFAULT_CALLBACK_SCHEDULE},
     domain::Role,
     server::{App, BoxError},
@@ -35,6 +37,10 @@ pub enum Command {
     /// Show an account's callback secrets.
     #[command(subcommand)]
     Callbacks(CallbacksCommand),
+    /// Import an NDJSON file of tasks into a running server, with progress and a summary.
+    Import(bulk_client::ImportArgs),
+    /// Export tasks from a running server as NDJSON (stdout or --output).
+    Export(bulk_client::ExportArgs),
 }
 
 #[derive(Debug, Args)]
@@ -202,6 +208,8 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
             println!("signing_secret={}", secrets.signing_secret);
             Ok(())
         }
+        Command::Import(args) => bulk_client::import(args).await,
+        Command::Export(args) => bulk_client::export(args).await,
     }
 }
 

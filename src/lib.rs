@@ -1,6 +1,7 @@
 //! annotask: Scale AI's v1 Task API over REST, gRPC and grpc-web, on SQLite or PostgreSQL.
 
 pub mod api;
+pub mod bulk_client;
 pub mod cli;
 pub mod config;
 pub mod domain;

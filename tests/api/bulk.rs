@@ -603,3 +603,75 @@ async fn a_crash_mid_import_then_a_rerun_yields_exactly_one_task_per_line(backen
         summary["created"]
     );
 }
+
+/// `annotask import FILE` and `annotask export` against a running server, as at a terminal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_import_and_export_commands_move_a_file_in_and_out() {
+    let Some(app) = TestApp::spawn(Backend::Sqlite).await else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("annotask-cli-{}", app.addr.port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = dir.join("in.ndjson");
+    let mut lines: Vec<String> = (1..=700)
+        .map(|n| image_line(n, Some(&format!("cli-{n}"))).to_string())
+        .collect();
+    lines.push("{broken".to_owned());
+    std::fs::write(&input, ndjson(&lines)).unwrap();
+    let run = |args: Vec<String>| {
+        let binary = env!("CARGO_BIN_EXE_annotask");
+        let base_url = app.base_url.clone();
+        let key = app.api_key.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(binary)
+                .args(args)
+                .args(["--url", &base_url])
+                .env("ANNOTASK_API_KEY", key)
+                .output()
+                .expect("run annotask")
+        })
+    };
+    let imported = run(vec!["import".into(), input.display().to_string()])
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&imported.stdout);
+    let stderr = String::from_utf8_lossy(&imported.stderr);
+    assert!(imported.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("701 lines, 700 created, 0 duplicate, 1 error"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("line 701: 400"), "{stderr}");
+
+    let output = dir.join("out.ndjson");
+    let exported = run(vec![
+        "export".into(),
+        "--output".into(),
+        output.display().to_string(),
+        "--filter".into(),
+        "tags=t2".into(),
+    ])
+    .await
+    .unwrap();
+    assert!(
+        exported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&exported.stderr)
+    );
+    let text = std::fs::read_to_string(&output).unwrap();
+    assert_eq!(text.lines().count(), 233, "tasks tagged t2 (n % 3 == 2)");
+    for line in text.lines() {
+        let task: Value = serde_json::from_str(line).unwrap();
+        assert!(task["tags"].as_array().unwrap().contains(&json!("t2")));
+    }
+    let refused = run(vec![
+        "export".into(),
+        "--filter".into(),
+        "status=nope".into(),
+    ])
+    .await
+    .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("Parameter 'status'"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
