@@ -51,6 +51,10 @@ struct Args {
     /// Tasks loaded in bulk (straight into the database) before the list scenarios.
     #[arg(long, default_value_t = 100_000)]
     preload: u64,
+    /// Tasks in the bulk import scenario (one NDJSON upload into an empty account, each with a
+    /// unique_id), which the export scenario then reads back.
+    #[arg(long, default_value_t = 1_000_000)]
+    import_tasks: u64,
     /// Where to write the report (Markdown).
     #[arg(long, default_value = "BENCHMARKS.md")]
     output: PathBuf,
@@ -148,6 +152,34 @@ fn image_task(n: u64) -> Value {
     })
 }
 
+/// A new admin key for `account` (created if needed), through the CLI.
+fn create_key(binary: &PathBuf, database_url: &str, account: &str) -> Result<String, BoxError> {
+    let created = Command::new(binary)
+        .args([
+            "api-keys",
+            "create",
+            "--account",
+            account,
+            "--database-url",
+            database_url,
+        ])
+        .env("RUST_LOG", "warn")
+        .output()?;
+    let key = String::from_utf8_lossy(&created.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_owned();
+    if !created.status.success() || key.is_empty() {
+        return Err(format!(
+            "api-keys create failed: {}",
+            String::from_utf8_lossy(&created.stderr)
+        )
+        .into());
+    }
+    Ok(key)
+}
+
 /// The server under test, as a child process.
 struct Server {
     child: Child,
@@ -158,29 +190,7 @@ struct Server {
 
 impl Server {
     async fn start(binary: &PathBuf, database_url: &str) -> Result<Server, BoxError> {
-        let created = Command::new(binary)
-            .args([
-                "api-keys",
-                "create",
-                "--account",
-                "bench",
-                "--database-url",
-                database_url,
-            ])
-            .env("RUST_LOG", "warn")
-            .output()?;
-        let key = String::from_utf8_lossy(&created.stdout)
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .to_owned();
-        if !created.status.success() || key.is_empty() {
-            return Err(format!(
-                "api-keys create failed: {}",
-                String::from_utf8_lossy(&created.stderr)
-            )
-            .into());
-        }
+        let key = create_key(binary, database_url, "bench")?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -430,6 +440,8 @@ async fn bench_database(
         .await
         .rate()
     };
+
+    let bulk = bench_bulk(args, binary, database_url, &server, &db, account_id).await?;
 
     // Tasks to read and mutate, created through the API, then the bulk load.
     let mut ids = Vec::new();
@@ -756,9 +768,151 @@ async fn bench_database(
         "\nServer peak RSS: {}.\n",
         rss.map_or("unknown".to_owned(), |mib| format!("{mib:.1} MiB"))
     );
+    table.push_str(&bulk);
     eprintln!("{table}");
     let errors = rows.iter().map(|row| row.measured.errors).sum();
     Ok((table, errors))
+}
+
+/// One NDJSON import of `--import-tasks` tasks (each with a unique_id) into an empty account,
+/// then one export of them, against the database doing the same writes and reads alone:
+/// multi-row INSERTs of 500 rows per transaction, and keyset pages of 500.
+async fn bench_bulk(
+    args: &Args,
+    binary: &PathBuf,
+    database_url: &str,
+    server: &Server,
+    db: &DatabaseConnection,
+    scratch_account_id: i64,
+) -> Result<String, BoxError> {
+    const CHUNK: u64 = 500;
+    let count = args.import_tasks;
+    if count == 0 {
+        return Ok(String::new());
+    }
+    let key = create_key(binary, database_url, "bulk")?;
+    // Into the tasks table itself (the bench account's test world, which no scenario reads),
+    // so the baseline maintains the same indexes the import does.
+    eprintln!("  baseline: multi-row inserts, {CHUNK} rows per transaction");
+    let baseline_rows = count.min(200_000);
+    let params_text = image_task(0).to_string().replace('\'', "''");
+    let started = Instant::now();
+    let mut n = 0;
+    while n < baseline_rows {
+        let rows: Vec<String> = (n..(n + CHUNK).min(baseline_rows))
+            .map(|i| {
+                format!(
+                    "('{:024x}', {scratch_account_id}, true, 'imageannotation', 'pending', 'Box', '{params_text}', '{{}}', '[]', false, {i}, {i}, 'bulk-{i}')",
+                    (1u64 << 60) + i
+                )
+            })
+            .collect();
+        db.execute_unprepared(&format!(
+            "INSERT INTO tasks (task_id, account_id, is_test, task_type, status, instruction, params, metadata, audits, clear_unique_id_on_error, created_at, updated_at, unique_id) VALUES {}",
+            rows.join(", ")
+        ))
+        .await?;
+        n += CHUNK;
+    }
+    let insert_rate = baseline_rows as f64 / started.elapsed().as_secs_f64();
+
+    eprintln!("  import: {count} tasks in one NDJSON upload");
+    let lines = futures_util::stream::iter((0..count).step_by(1000).map(move |from| {
+        let mut chunk = String::new();
+        for n in from..(from + 1000).min(count) {
+            let mut task = image_task(n);
+            task["type"] = json!("imageannotation");
+            task["unique_id"] = json!(format!("bulk-{n}"));
+            chunk.push_str(&task.to_string());
+            chunk.push('\n');
+        }
+        Ok::<_, std::io::Error>(chunk)
+    }));
+    let started = Instant::now();
+    let mut response = server
+        .http
+        .post(format!("{}/v1/tasks/import", server.base_url))
+        .basic_auth(&key, Some(""))
+        .header("content-type", "application/x-ndjson")
+        .body(reqwest::Body::wrap_stream(lines))
+        .send()
+        .await?;
+    let mut tail = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        tail.extend_from_slice(&chunk);
+        if tail.len() > 4096 {
+            tail.drain(..tail.len() - 4096);
+        }
+    }
+    let import_elapsed = started.elapsed();
+    let import_rss = server.peak_rss_mib();
+    let summary = String::from_utf8_lossy(&tail)
+        .lines()
+        .last()
+        .and_then(|line| serde_json::from_str::<Value>(line).ok())
+        .and_then(|line| line.get("summary").cloned())
+        .ok_or("the import ended without a summary")?;
+    if summary["created"].as_u64() != Some(count) {
+        return Err(format!("the import created {} of {count}", summary["created"]).into());
+    }
+    let import_rate = count as f64 / import_elapsed.as_secs_f64();
+
+    eprintln!("  export: the same tasks");
+    let started = Instant::now();
+    let mut response = server
+        .http
+        .get(format!("{}/v1/tasks/export", server.base_url))
+        .basic_auth(&key, Some(""))
+        .send()
+        .await?;
+    let mut exported = 0u64;
+    while let Some(chunk) = response.chunk().await? {
+        exported += chunk.iter().filter(|&&byte| byte == b'\n').count() as u64;
+    }
+    let export_rate = exported as f64 / started.elapsed().as_secs_f64();
+    if exported != count {
+        return Err(format!("the export gave {exported} of {count} tasks").into());
+    }
+    eprintln!("  baseline: keyset pages of {CHUNK}");
+    let account_id: i64 = db
+        .query_one(statement(
+            db,
+            "SELECT id FROM accounts WHERE name = $1",
+            vec!["bulk".into()],
+        ))
+        .await?
+        .ok_or("no bulk account")?
+        .try_get("", "id")?;
+    let started = Instant::now();
+    let mut read = 0u64;
+    let mut after: Option<(i64, String)> = None;
+    loop {
+        let rows = match &after {
+            None => db.query_all(statement(db, &format!("SELECT * FROM tasks WHERE account_id = $1 AND is_test = false ORDER BY created_at DESC, task_id DESC LIMIT {CHUNK}"), vec![account_id.into()])).await?,
+            Some((at, id)) => db.query_all(statement(db, &format!("SELECT * FROM tasks WHERE account_id = $1 AND is_test = false AND (created_at, task_id) < ($2, $3) ORDER BY created_at DESC, task_id DESC LIMIT {CHUNK}"), vec![account_id.into(), (*at).into(), id.clone().into()])).await?,
+        };
+        read += rows.len() as u64;
+        let Some(last) = rows.last() else { break };
+        after = Some((last.try_get("", "created_at")?, last.try_get("", "task_id")?));
+        if (rows.len() as u64) < CHUNK {
+            break;
+        }
+    }
+    let page_rate = read as f64 / started.elapsed().as_secs_f64();
+
+    let section = format!(
+        "Bulk, {count} tasks with unique_ids into an empty account (one client):\n\n\
+         | scenario | tasks/s | baseline | baseline rows/s | ratio |\n|---|---|---|---|---|\n\
+         | import (NDJSON, {:.1} s) | {import_rate:.0} | multi-row INSERT, {CHUNK} rows/txn ({baseline_rows} rows) | {insert_rate:.0} | {:.2}× |\n\
+         | export (NDJSON) | {export_rate:.0} | keyset pages of {CHUNK} | {page_rate:.0} | {:.2}× |\n\n\
+         Server peak RSS after the import: {}.\n\n",
+        import_elapsed.as_secs_f64(),
+        import_rate / insert_rate,
+        export_rate / page_rate,
+        import_rss.map_or("unknown".to_owned(), |mib| format!("{mib:.1} MiB")),
+    );
+    eprintln!("{section}");
+    Ok(section)
 }
 
 fn machine() -> String {
