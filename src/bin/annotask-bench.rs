@@ -893,7 +893,10 @@ async fn bench_bulk(
         };
         read += rows.len() as u64;
         let Some(last) = rows.last() else { break };
-        after = Some((last.try_get("", "created_at")?, last.try_get("", "task_id")?));
+        after = Some((
+            last.try_get("", "created_at")?,
+            last.try_get("", "task_id")?,
+        ));
         if (rows.len() as u64) < CHUNK {
             break;
         }

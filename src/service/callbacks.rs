@@ -10,6 +10,7 @@ use sha2::Sha256;
 
 use super::Service;
 use crate::{
+    config::CallbackSettings,
     domain::{
         Batch, CallbackEvent, CallbackSecrets, CallbackSubject, Delivery, NewDelivery, Task,
         TaskStatus, Timestamp,
@@ -124,12 +125,7 @@ impl Service {
 
     /// The callback a batch's completion makes due, if it has one.
     pub(super) fn batch_callback_due(&self, batch: &Batch) -> Option<NewDelivery> {
-        let url = batch.callback.as_ref()?;
-        Some(self.new_delivery(
-            url,
-            CallbackEvent::BatchCompleted,
-            CallbackSubject::Batch(Box::new(batch.clone())),
-        ))
+        batch_delivery(&self.callbacks, batch)
     }
 
     /// A delivery with a fresh `webhook-id`, its first attempt due after the schedule's first
@@ -140,14 +136,7 @@ impl Service {
         event: CallbackEvent,
         subject: CallbackSubject,
     ) -> NewDelivery {
-        let first_delay = self.callbacks.schedule.first().copied().unwrap_or_default();
-        NewDelivery {
-            webhook_id: new_webhook_id(),
-            url: url.to_owned(),
-            event,
-            subject,
-            first_attempt_at: after(Timestamp::now(), first_delay),
-        }
+        new_delivery(&self.callbacks, url, event, subject)
     }
 
     /// Resolves when a change in this process has written a delivery (or at once if one did
@@ -277,5 +266,32 @@ mod tests {
             assert!(delay >= Duration::from_secs(8) && delay <= Duration::from_secs(12));
         }
         assert_eq!(with_jitter(Duration::ZERO), Duration::ZERO);
+    }
+}
+
+/// The delivery a batch's completion is due, if the batch has a callback.
+pub(super) fn batch_delivery(settings: &CallbackSettings, batch: &Batch) -> Option<NewDelivery> {
+    let url = batch.callback.as_ref()?;
+    Some(new_delivery(
+        settings,
+        url,
+        CallbackEvent::BatchCompleted,
+        CallbackSubject::Batch(Box::new(batch.clone())),
+    ))
+}
+
+fn new_delivery(
+    settings: &CallbackSettings,
+    url: &str,
+    event: CallbackEvent,
+    subject: CallbackSubject,
+) -> NewDelivery {
+    let first_delay = settings.schedule.first().copied().unwrap_or_default();
+    NewDelivery {
+        webhook_id: new_webhook_id(),
+        url: url.to_owned(),
+        event,
+        subject,
+        first_attempt_at: after(Timestamp::now(), first_delay),
     }
 }

@@ -4,6 +4,7 @@ mod auth;
 mod batches;
 mod bulk;
 mod callbacks;
+mod group_commit;
 mod idempotency;
 mod projects;
 mod tasks;
@@ -29,6 +30,9 @@ use crate::{
     store::Store,
 };
 
+/// Concurrent create groups on PostgreSQL.
+const POSTGRES_COMMITTERS: usize = 4;
+
 pub struct Service {
     store: Store,
     limits: Limits,
@@ -38,11 +42,22 @@ pub struct Service {
     known_keys: auth::KnownKeys,
     /// Wakes this process's callback worker when a change commits a delivery.
     deliveries_waiting: Notify,
+    /// Plain creates, committed together.
+    group_commit: group_commit::GroupCommit,
 }
 
 impl Service {
     pub fn new(store: Store, config: &Config) -> Self {
+        // SQLite has one writer; PostgreSQL commits a few groups at once.
+        let committers = if store.backend_name() == "postgres" {
+            POSTGRES_COMMITTERS
+        } else {
+            1
+        };
+        let group_commit =
+            group_commit::GroupCommit::start(store.clone(), config.callbacks.clone(), committers);
         Service {
+            group_commit,
             store,
             limits: config.limits.clone(),
             idempotency_ttl: config.idempotency_ttl,

@@ -9,6 +9,7 @@ use crate::{
         Timestamp,
     },
     error::{Error, Result},
+    store::BulkInserted,
 };
 
 const DEFAULT_PAGE_SIZE: i64 = 100;
@@ -68,12 +69,16 @@ impl Service {
         let created = match idempotency_key {
             None => {
                 let (task, callback) = prepare(fields)?;
-                self.store
-                    .insert_task(&task, callback.as_ref(), &|batch| {
-                        self.batch_callback_due(batch)
-                    })
-                    .await?;
-                if callback.is_some() {
+                let has_callback = callback.is_some();
+                if let BulkInserted::Duplicate { holder } =
+                    self.group_commit.insert(task.clone(), callback).await?
+                {
+                    return Err(Error::UniqueIdConflict {
+                        unique_id: task.unique_id.clone().unwrap_or_default(),
+                        task_id: holder,
+                    });
+                }
+                if has_callback {
                     self.deliveries_waiting.notify_one();
                 }
                 Created {

@@ -1,0 +1,125 @@
+//! Group commit for single creates: concurrent creates share one transaction, so one durable
+//! commit (one fsync) acknowledges many tasks. Each create is still answered only after the
+//! commit that holds it, and a unique_id conflict refuses only the task that has it.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+use super::callbacks::batch_delivery;
+use crate::{
+    config::CallbackSettings,
+    domain::{NewDelivery, Task},
+    error::{Error, Result},
+    store::{BulkInserted, Store},
+};
+
+/// The most creates one transaction carries.
+const MAX_GROUP: usize = 64;
+/// Creates waiting for a committer; past this, callers wait to enqueue (back-pressure).
+const QUEUE: usize = 1024;
+
+struct Pending {
+    task: Task,
+    callback: Option<NewDelivery>,
+    reply: oneshot::Sender<Result<BulkInserted>>,
+}
+
+pub(super) struct GroupCommit {
+    queue: mpsc::Sender<Pending>,
+}
+
+impl GroupCommit {
+    /// Starts `committers` loops (one for SQLite, whose writes are serial anyway; a few for
+    /// PostgreSQL, which commits transactions in parallel). They end when `self` is dropped.
+    pub(super) fn start(store: Store, callbacks: CallbackSettings, committers: usize) -> Self {
+        let (queue, receiver) = mpsc::channel(QUEUE);
+        let receiver = Arc::new(Mutex::new(receiver));
+        let callbacks = Arc::new(callbacks);
+        for _ in 0..committers.max(1) {
+            tokio::spawn(commit_loop(
+                store.clone(),
+                callbacks.clone(),
+                receiver.clone(),
+            ));
+        }
+        GroupCommit { queue }
+    }
+
+    /// Inserts `task` (with its due callback) in the next group; resolves once that group's
+    /// transaction has committed.
+    pub(super) async fn insert(
+        &self,
+        task: Task,
+        callback: Option<NewDelivery>,
+    ) -> Result<BulkInserted> {
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            task,
+            callback,
+            reply,
+        };
+        if self.queue.send(pending).await.is_err() {
+            tracing::error!("the group committer has stopped");
+            return Err(Error::Unavailable);
+        }
+        answer.await.unwrap_or_else(|_| {
+            // The committer went away mid-group (shutdown): the outcome is unknown to us, so
+            // the client must retry (with a unique_id or Idempotency-Key to be safe).
+            Err(Error::Unavailable)
+        })
+    }
+}
+
+async fn commit_loop(
+    store: Store,
+    callbacks: Arc<CallbackSettings>,
+    receiver: Arc<Mutex<mpsc::Receiver<Pending>>>,
+) {
+    let on_batch_completed = |batch: &crate::domain::Batch| batch_delivery(&callbacks, batch);
+    loop {
+        // While one committer waits on its commit, another gathers the next group.
+        let group = {
+            let mut receiver = receiver.lock().await;
+            let Some(first) = receiver.recv().await else {
+                return;
+            };
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match receiver.try_recv() {
+                    Ok(next) => group.push(next),
+                    Err(_) => break,
+                }
+            }
+            group
+        };
+        let (items, replies): (Vec<_>, Vec<_>) = group
+            .into_iter()
+            .map(|pending| ((pending.task, pending.callback), pending.reply))
+            .unzip();
+        match store.insert_tasks(&items, &on_batch_completed).await {
+            Ok(outcomes) => {
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            // One transaction failed for all: try each alone, so one create's failure (or a
+            // deadlock between groups) is not every create's failure.
+            Err(err) if items.len() > 1 => {
+                tracing::warn!(error = %err, size = items.len(), "a create group failed; retrying one by one");
+                for (item, reply) in items.into_iter().zip(replies) {
+                    let outcome = store
+                        .insert_tasks(std::slice::from_ref(&item), &on_batch_completed)
+                        .await
+                        .and_then(|mut outcomes| outcomes.pop().ok_or(Error::Internal));
+                    let _ = reply.send(outcome);
+                }
+            }
+            Err(err) => {
+                for reply in replies {
+                    let _ = reply.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+}
