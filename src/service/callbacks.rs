@@ -234,6 +234,33 @@ impl Service {
     }
 }
 
+/// The delivery a batch's completion is due, if the batch has a callback.
+pub(super) fn batch_delivery(settings: &CallbackSettings, batch: &Batch) -> Option<NewDelivery> {
+    let url = batch.callback.as_ref()?;
+    Some(new_delivery(
+        settings,
+        url,
+        CallbackEvent::BatchCompleted,
+        CallbackSubject::Batch(Box::new(batch.clone())),
+    ))
+}
+
+fn new_delivery(
+    settings: &CallbackSettings,
+    url: &str,
+    event: CallbackEvent,
+    subject: CallbackSubject,
+) -> NewDelivery {
+    let first_delay = settings.schedule.first().copied().unwrap_or_default();
+    NewDelivery {
+        webhook_id: new_webhook_id(),
+        url: url.to_owned(),
+        event,
+        subject,
+        first_attempt_at: after(Timestamp::now(), first_delay),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,32 +293,5 @@ mod tests {
             assert!(delay >= Duration::from_secs(8) && delay <= Duration::from_secs(12));
         }
         assert_eq!(with_jitter(Duration::ZERO), Duration::ZERO);
-    }
-}
-
-/// The delivery a batch's completion is due, if the batch has a callback.
-pub(super) fn batch_delivery(settings: &CallbackSettings, batch: &Batch) -> Option<NewDelivery> {
-    let url = batch.callback.as_ref()?;
-    Some(new_delivery(
-        settings,
-        url,
-        CallbackEvent::BatchCompleted,
-        CallbackSubject::Batch(Box::new(batch.clone())),
-    ))
-}
-
-fn new_delivery(
-    settings: &CallbackSettings,
-    url: &str,
-    event: CallbackEvent,
-    subject: CallbackSubject,
-) -> NewDelivery {
-    let first_delay = settings.schedule.first().copied().unwrap_or_default();
-    NewDelivery {
-        webhook_id: new_webhook_id(),
-        url: url.to_owned(),
-        event,
-        subject,
-        first_attempt_at: after(Timestamp::now(), first_delay),
     }
 }

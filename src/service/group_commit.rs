@@ -63,11 +63,9 @@ impl GroupCommit {
             tracing::error!("the group committer has stopped");
             return Err(Error::Unavailable);
         }
-        answer.await.unwrap_or_else(|_| {
-            // The committer went away mid-group (shutdown): the outcome is unknown to us, so
-            // the client must retry (with a unique_id or Idempotency-Key to be safe).
-            Err(Error::Unavailable)
-        })
+        // A committer gone mid-group (shutdown) leaves the outcome unknown: the client must
+        // retry (with a unique_id or Idempotency-Key to be safe).
+        answer.await.unwrap_or(Err(Error::Unavailable))
     }
 }
 
