@@ -1168,6 +1168,44 @@ async fn concurrent_creations_with_one_unique_id_make_exactly_one_task(app: Test
     assert_eq!(all["total"], 1, "{all}");
 }
 
+/// Concurrent creates are committed in groups: a unique_id conflict must refuse only its own
+/// task, never the others that shared its transaction.
+async fn a_unique_id_conflict_among_concurrent_creates_refuses_only_its_own_task(app: TestApp) {
+    let answers = join_all((0..40).map(|n| {
+        let unique_id = if n % 4 == 0 {
+            "shared".to_owned()
+        } else {
+            format!("own-{n}")
+        };
+        app.create_image_task(json!({"unique_id": unique_id, "metadata": {"n": n}}))
+    }))
+    .await;
+    let created: Vec<&Value> = answers
+        .iter()
+        .filter(|(status, _)| *status == StatusCode::OK)
+        .map(|(_, body)| body)
+        .collect();
+    assert_eq!(
+        created.len(),
+        31,
+        "30 own ids and one holder of 'shared': {answers:?}"
+    );
+    let conflicts = answers
+        .iter()
+        .filter(|(status, _)| *status == StatusCode::CONFLICT)
+        .count();
+    assert_eq!(conflicts, 9);
+    for task in created {
+        let stored = ok(app.get(&format!("/v1/task/{}", task_id(task))).await);
+        assert_eq!(
+            &stored, task,
+            "every acknowledged task is stored as answered"
+        );
+    }
+    let all = ok(app.get("/v1/tasks?limit=1").await);
+    assert_eq!(all["total"], 31, "{all}");
+}
+
 async fn concurrent_tag_additions_are_never_lost(app: TestApp) {
     let task = create_image(&app, json!({})).await;
     let path = format!("/v1/task/{}/tags", task_id(&task));
@@ -1312,6 +1350,7 @@ backend_tests!(
     an_empty_or_null_tag_is_a_400_and_changes_nothing,
     audit_of_a_pending_task_is_a_400,
     concurrent_creations_with_one_unique_id_make_exactly_one_task,
+    a_unique_id_conflict_among_concurrent_creates_refuses_only_its_own_task,
     concurrent_tag_additions_are_never_lost,
     concurrent_updates_to_one_unique_id_leave_exactly_one_holder,
     healthz_and_metrics_answer_without_auth,
