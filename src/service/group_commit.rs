@@ -9,9 +9,8 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use super::callbacks::batch_delivery;
 use crate::{
     config::CallbackSettings,
-    domain::{NewDelivery, Task},
     error::{Error, Result},
-    store::{BulkInserted, Store},
+    store::{NewTask, Store, StoredOutcome},
 };
 
 /// The most creates one transaction carries.
@@ -20,9 +19,8 @@ const MAX_GROUP: usize = 64;
 const QUEUE: usize = 1024;
 
 struct Pending {
-    task: Task,
-    callback: Option<NewDelivery>,
-    reply: oneshot::Sender<Result<BulkInserted>>,
+    creation: NewTask,
+    reply: oneshot::Sender<Result<StoredOutcome>>,
 }
 
 pub(super) struct GroupCommit {
@@ -46,19 +44,11 @@ impl GroupCommit {
         GroupCommit { queue }
     }
 
-    /// Inserts `task` (with its due callback) in the next group; resolves once that group's
-    /// transaction has committed.
-    pub(super) async fn insert(
-        &self,
-        task: Task,
-        callback: Option<NewDelivery>,
-    ) -> Result<BulkInserted> {
+    /// Creates the task (or stores the answer under its Idempotency-Key) in the next group;
+    /// resolves once that group's transaction has committed.
+    pub(super) async fn create(&self, creation: NewTask) -> Result<StoredOutcome> {
         let (reply, answer) = oneshot::channel();
-        let pending = Pending {
-            task,
-            callback,
-            reply,
-        };
+        let pending = Pending { creation, reply };
         if self.queue.send(pending).await.is_err() {
             tracing::error!("the group committer has stopped");
             return Err(Error::Unavailable);
@@ -93,12 +83,12 @@ async fn commit_loop(
         };
         let (items, replies): (Vec<_>, Vec<_>) = group
             .into_iter()
-            .map(|pending| ((pending.task, pending.callback), pending.reply))
+            .map(|pending| (pending.creation, pending.reply))
             .unzip();
-        match store.insert_tasks(&items, &on_batch_completed).await {
+        match store.create_tasks(&items, &on_batch_completed).await {
             Ok(outcomes) => {
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                    let _ = reply.send(Ok(outcome));
+                    let _ = reply.send(outcome);
                 }
             }
             // One transaction failed for all: try each alone, so one create's failure (or a
@@ -107,9 +97,9 @@ async fn commit_loop(
                 tracing::warn!(error = %err, size = items.len(), "a create group failed; retrying one by one");
                 for (item, reply) in items.into_iter().zip(replies) {
                     let outcome = store
-                        .insert_tasks(std::slice::from_ref(&item), &on_batch_completed)
+                        .create_tasks(std::slice::from_ref(&item), &on_batch_completed)
                         .await
-                        .and_then(|mut outcomes| outcomes.pop().ok_or(Error::Internal));
+                        .and_then(|mut outcomes| outcomes.pop().unwrap_or(Err(Error::Internal)));
                     let _ = reply.send(outcome);
                 }
             }

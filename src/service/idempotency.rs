@@ -12,7 +12,7 @@ use super::{tasks::Created, Service};
 use crate::{
     domain::{NewDelivery, Scope, Task, Timestamp},
     error::{Error, Result},
-    store::{IdempotencyClaim, StoredOutcome},
+    store::{IdempotencyClaim, NewTask, StoredOutcome},
 };
 
 /// How many expired keys one sweep statement deletes, so a sweep never holds long locks.
@@ -68,16 +68,17 @@ impl Service {
         let _in_flight = self.in_flight.claim(key)?;
         let now = Timestamp::now();
         let claim = IdempotencyClaim {
-            key,
+            key: key.to_owned(),
             scope,
             fingerprint,
             now,
             expires_at: self.idempotency_expiry(now),
         };
         let StoredOutcome { outcome, replayed } = self
-            .store
-            .create_task_idempotently(&claim, prepare(fields), &|batch| {
-                self.batch_callback_due(batch)
+            .group_commit
+            .create(NewTask {
+                prepared: prepare(fields),
+                claim: Some(claim),
             })
             .await?;
         if let (Ok(task), false) = (&outcome, replayed) {

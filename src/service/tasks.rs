@@ -9,7 +9,7 @@ use crate::{
         Timestamp,
     },
     error::{Error, Result},
-    store::BulkInserted,
+    store::{NewTask, StoredOutcome},
 };
 
 const DEFAULT_PAGE_SIZE: i64 = 100;
@@ -70,21 +70,17 @@ impl Service {
             None => {
                 let (task, callback) = prepare(fields)?;
                 let has_callback = callback.is_some();
-                if let BulkInserted::Duplicate { holder } =
-                    self.group_commit.insert(task.clone(), callback).await?
-                {
-                    return Err(Error::UniqueIdConflict {
-                        unique_id: task.unique_id.clone().unwrap_or_default(),
-                        task_id: holder,
-                    });
-                }
+                let StoredOutcome { outcome, replayed } = self
+                    .group_commit
+                    .create(NewTask {
+                        prepared: Ok((task, callback)),
+                        claim: None,
+                    })
+                    .await?;
                 if has_callback {
                     self.deliveries_waiting.notify_one();
                 }
-                Created {
-                    outcome: Ok(task),
-                    replayed: false,
-                }
+                Created { outcome, replayed }
             }
             Some(key) => {
                 self.create_once(scope, key, task_type, fields, prepare)

@@ -1,4 +1,5 @@
-//! Idempotent task creation: the key's record, the task and the stored outcome commit together.
+//! Task creation in groups, with Idempotency-Keys: each key's record, its task and its stored
+//! outcome commit together.
 
 use sea_orm::{
     sea_query::Query, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction,
@@ -6,15 +7,25 @@ use sea_orm::{
 };
 use sha2::{Digest, Sha256};
 
-use super::{batches::OnBatchCompleted, entities::idempotency_keys, is_unique_violation, Store};
+use super::{
+    batches::OnBatchCompleted, entities::idempotency_keys, is_unique_violation, BulkInserted, Store,
+};
 use crate::{
     domain::{NewDelivery, Scope, Task, Timestamp},
     error::{Error, Result},
 };
 
+/// One create of a group commit.
+pub struct NewTask {
+    /// The task to insert with its due callback, or the validation error that answers it.
+    pub prepared: Result<(Task, Option<NewDelivery>)>,
+    /// Under an `Idempotency-Key`: the claim whose outcome is stored (or replayed).
+    pub claim: Option<IdempotencyClaim>,
+}
+
 /// What a request claims under an `Idempotency-Key`.
-pub struct IdempotencyClaim<'a> {
-    pub key: &'a str,
+pub struct IdempotencyClaim {
+    pub key: String,
     pub scope: Scope,
     /// Hash of the request's method, path and canonical body.
     pub fingerprint: String,
@@ -22,7 +33,8 @@ pub struct IdempotencyClaim<'a> {
     pub expires_at: Timestamp,
 }
 
-/// The answer to an idempotent creation, and whether it was replayed from an earlier request.
+/// The answer to a creation, and whether it was replayed from an earlier request.
+#[derive(Clone)]
 pub struct StoredOutcome {
     pub outcome: Result<Task>,
     pub replayed: bool,
@@ -89,77 +101,157 @@ impl Store {
         Ok(())
     }
 
-    /// Replays the outcome stored under the key, or creates `prepared` (which may already be a
-    /// validation error) and stores its outcome, in one transaction.
-    pub async fn create_task_idempotently(
+    /// Creates a group of tasks in one transaction (group commit). Each item is a prepared task
+    /// (or the validation error that is its answer) and, under an `Idempotency-Key`, its claim:
+    /// a live key replays its stored outcome and creates nothing; otherwise the outcome
+    /// (created task, unique_id conflict or validation error) is stored under the key in the
+    /// same transaction as the task. Each item gets its own answer; a key held by a request in
+    /// flight on another replica answers [`Error::IdempotencyInFlight`].
+    pub async fn create_tasks(
         &self,
-        claim: &IdempotencyClaim<'_>,
-        prepared: Result<(Task, Option<NewDelivery>)>,
+        items: &[NewTask],
         on_batch_completed: OnBatchCompleted<'_>,
-    ) -> Result<StoredOutcome> {
+    ) -> Result<Vec<Result<StoredOutcome>>> {
         let txn = self.db.begin().await?;
-        if !self.try_lock_key(&txn, claim.key).await? {
-            return Err(Error::IdempotencyInFlight);
-        }
-        if let Some(row) = idempotency_keys::Entity::find_by_id(claim.key)
-            .one(&txn)
-            .await?
-        {
-            if row.expires_at > claim.now.millis() {
-                let outcome = replay(row, claim)?;
-                txn.commit().await?;
-                return Ok(StoredOutcome {
-                    outcome,
-                    replayed: true,
-                });
+        let mut answers: Vec<Option<Result<StoredOutcome>>> = vec![None; items.len()];
+
+        let mut claimed = Vec::new();
+        for (index, item) in items.iter().enumerate() {
+            let Some(claim) = &item.claim else { continue };
+            if self.try_lock_key(&txn, &claim.key).await? {
+                claimed.push(index);
+            } else {
+                answers[index] = Some(Err(Error::IdempotencyInFlight));
             }
-            idempotency_keys::Entity::delete_by_id(claim.key)
-                .exec(&txn)
+        }
+        if !claimed.is_empty() {
+            let keys = claimed
+                .iter()
+                .filter_map(|&index| items[index].claim.as_ref())
+                .map(|claim| claim.key.clone());
+            let rows = idempotency_keys::Entity::find()
+                .filter(idempotency_keys::Column::IdempotencyKey.is_in(keys))
+                .all(&txn)
                 .await?;
+            let mut expired = Vec::new();
+            for row in rows {
+                let Some(&index) = claimed.iter().find(|&&index| {
+                    items[index]
+                        .claim
+                        .as_ref()
+                        .is_some_and(|claim| claim.key == row.idempotency_key)
+                }) else {
+                    continue;
+                };
+                let Some(claim) = &items[index].claim else {
+                    continue;
+                };
+                if row.expires_at > claim.now.millis() {
+                    answers[index] = Some(replay(row, claim).map(|outcome| StoredOutcome {
+                        outcome,
+                        replayed: true,
+                    }));
+                } else {
+                    expired.push(row.idempotency_key);
+                }
+            }
+            if !expired.is_empty() {
+                idempotency_keys::Entity::delete_many()
+                    .filter(idempotency_keys::Column::IdempotencyKey.is_in(expired))
+                    .exec(&txn)
+                    .await?;
+            }
         }
 
-        let outcome = match prepared {
-            Ok((task, callback)) => {
-                super::tasks::insert_task_in(&txn, &task, callback.as_ref(), on_batch_completed)
-                    .await
-                    .map(|()| task)
+        let mut to_insert = Vec::new();
+        let mut inserted_index = Vec::new();
+        for (index, item) in items.iter().enumerate() {
+            if answers[index].is_some() {
+                continue;
             }
-            Err(err) => Err(err),
-        };
-        // Transient failures are not answers: roll back so a retry can still succeed.
-        if let Err(Error::Internal | Error::Unavailable) = outcome {
-            return outcome.map(|task| StoredOutcome {
-                outcome: Ok(task),
-                replayed: false,
+            match &item.prepared {
+                Ok(ready) => {
+                    inserted_index.push(index);
+                    to_insert.push(ready.clone());
+                }
+                // Transient failures are not answers: nothing is stored, a retry may succeed.
+                Err(err @ (Error::Internal | Error::Unavailable)) => {
+                    answers[index] = Some(Err(err.clone()));
+                }
+                Err(err) => {
+                    answers[index] = Some(Ok(StoredOutcome {
+                        outcome: Err(err.clone()),
+                        replayed: false,
+                    }));
+                }
+            }
+        }
+        if !to_insert.is_empty() {
+            let inserted =
+                super::tasks::insert_tasks_in(&txn, &to_insert, on_batch_completed).await?;
+            for ((index, (task, _)), outcome) in
+                inserted_index.into_iter().zip(to_insert).zip(inserted)
+            {
+                let outcome = match outcome {
+                    BulkInserted::Created => Ok(task),
+                    BulkInserted::Duplicate { holder } => Err(Error::UniqueIdConflict {
+                        unique_id: task.unique_id.unwrap_or_default(),
+                        // Empty only if the holder let go in the meantime; a retry then succeeds.
+                        task_id: holder,
+                    }),
+                };
+                answers[index] = Some(Ok(StoredOutcome {
+                    outcome,
+                    replayed: false,
+                }));
+            }
+        }
+
+        let mut records = Vec::new();
+        for (item, answer) in items.iter().zip(&answers) {
+            let (
+                Some(claim),
+                Some(Ok(StoredOutcome {
+                    outcome,
+                    replayed: false,
+                })),
+            ) = (&item.claim, answer)
+            else {
+                continue;
+            };
+            let stored = serde_json::to_string(outcome).map_err(|err| {
+                tracing::error!(error = %err, "serialising an idempotent outcome failed");
+                Error::Internal
+            })?;
+            records.push(idempotency_keys::ActiveModel {
+                idempotency_key: Set(claim.key.clone()),
+                account_id: Set(claim.scope.account_id),
+                is_test: Set(claim.scope.is_test),
+                fingerprint: Set(claim.fingerprint.clone()),
+                outcome: Set(stored),
+                created_at: Set(claim.now.millis()),
+                expires_at: Set(claim.expires_at.millis()),
             });
         }
-        let stored = serde_json::to_string(&outcome).map_err(|err| {
-            tracing::error!(error = %err, "serialising an idempotent outcome failed");
-            Error::Internal
-        })?;
-        let record = idempotency_keys::ActiveModel {
-            idempotency_key: Set(claim.key.to_owned()),
-            account_id: Set(claim.scope.account_id),
-            is_test: Set(claim.scope.is_test),
-            fingerprint: Set(claim.fingerprint.clone()),
-            outcome: Set(stored),
-            created_at: Set(claim.now.millis()),
-            expires_at: Set(claim.expires_at.millis()),
-        };
-        match idempotency_keys::Entity::insert(record)
-            .exec_without_returning(&txn)
-            .await
-        {
-            Ok(_) => {}
-            // Another replica claimed the key between our look-up and insert: it is in flight.
-            Err(err) if is_unique_violation(&err) => return Err(Error::IdempotencyInFlight),
-            Err(err) => return Err(err.into()),
+        if !records.is_empty() {
+            // The keys are locked (PostgreSQL) or the writer is alone (SQLite): no one else
+            // can have stored one since the look-up above.
+            idempotency_keys::Entity::insert_many(records)
+                .exec_without_returning(&txn)
+                .await
+                .map_err(|err| {
+                    if is_unique_violation(&err) {
+                        Error::IdempotencyInFlight
+                    } else {
+                        err.into()
+                    }
+                })?;
         }
         txn.commit().await?;
-        Ok(StoredOutcome {
-            outcome,
-            replayed: false,
-        })
+        Ok(answers
+            .into_iter()
+            .map(|answer| answer.unwrap_or(Err(Error::Internal)))
+            .collect())
     }
 
     /// PostgreSQL: a transaction-scoped advisory lock per key, so a second replica answers
@@ -198,7 +290,7 @@ impl Store {
     }
 }
 
-fn replay(row: idempotency_keys::Model, claim: &IdempotencyClaim<'_>) -> Result<Result<Task>> {
+fn replay(row: idempotency_keys::Model, claim: &IdempotencyClaim) -> Result<Result<Task>> {
     if row.account_id != claim.scope.account_id || row.is_test != claim.scope.is_test {
         return Err(Error::IdempotencyConflict(
             "This Idempotency-Key has already been used by another account or API key world."

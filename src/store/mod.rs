@@ -17,7 +17,7 @@ pub use connect::ConnectError;
 use error::is_unique_violation;
 pub use tasks::BulkInserted;
 
-pub use idempotency::{IdempotencyClaim, IdempotencyRecord, StoredOutcome};
+pub use idempotency::{IdempotencyClaim, IdempotencyRecord, NewTask, StoredOutcome};
 
 use std::time::Duration;
 

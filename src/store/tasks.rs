@@ -22,19 +22,6 @@ use crate::{
 };
 
 impl Store {
-    /// Inserts a new task with its tags, counter and due callback in one transaction.
-    pub async fn insert_task(
-        &self,
-        task: &Task,
-        callback: Option<&NewDelivery>,
-        on_batch_completed: OnBatchCompleted<'_>,
-    ) -> Result<()> {
-        let txn = self.db.begin().await?;
-        insert_task_in(&txn, task, callback, on_batch_completed).await?;
-        txn.commit().await?;
-        Ok(())
-    }
-
     pub async fn get_task(&self, scope: Scope, id: &TaskId) -> Result<Option<Task>> {
         tasks::Entity::find_by_id(id.as_str())
             .filter(scope_condition(scope))
@@ -220,34 +207,6 @@ pub(super) fn counter_sum() -> SimpleExpr {
     .into()
 }
 
-/// Inserts the task, its tag rows and its counter inside `txn`, under a savepoint so that a
-/// unique_id conflict leaves `txn` usable (the idempotency record still has to be written).
-pub(super) async fn insert_task_in(
-    txn: &DatabaseTransaction,
-    task: &Task,
-    callback: Option<&NewDelivery>,
-    on_batch_completed: OnBatchCompleted<'_>,
-) -> Result<()> {
-    let savepoint = txn.begin().await?;
-    let inserted = tasks::Entity::insert(to_active_model(task)?)
-        .exec_without_returning(&savepoint)
-        .await;
-    if let Err(err) = inserted {
-        savepoint.rollback().await?;
-        return Err(translate_write_error(txn, err, task).await);
-    }
-    replace_tag_rows(&savepoint, task).await?;
-    adjust_count(&savepoint, task, 1).await?;
-    if let Some(callback) = callback {
-        super::callbacks::insert_delivery(&savepoint, callback).await?;
-    }
-    if let Some(batch) = &task.batch {
-        super::batches::refresh_batch(&savepoint, task.scope, batch, on_batch_completed).await?;
-    }
-    savepoint.commit().await?;
-    Ok(())
-}
-
 /// What became of one task in a bulk insert.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BulkInserted {
@@ -279,7 +238,7 @@ impl Store {
     }
 }
 
-async fn insert_tasks_in(
+pub(super) async fn insert_tasks_in(
     txn: &DatabaseTransaction,
     items: &[(Task, Option<NewDelivery>)],
     on_batch_completed: OnBatchCompleted<'_>,
