@@ -55,6 +55,9 @@ struct Args {
     /// unique_id), which the export scenario then reads back.
     #[arg(long, default_value_t = 1_000_000)]
     import_tasks: u64,
+    /// Run only the scenarios whose name contains one of these (repeatable); all by default.
+    #[arg(long)]
+    only: Vec<String>,
     /// Where to write the report (Markdown).
     #[arg(long, default_value = "BENCHMARKS.md")]
     output: PathBuf,
@@ -490,13 +493,16 @@ async fn bench_database(
 
     macro_rules! scenario {
         ($name:expr, $baseline:expr, $op:expr) => {{
-            eprintln!("  {}", $name);
-            let measured = run(concurrency, warmup, duration, $op).await;
-            rows.push(Row {
-                name: $name,
-                measured,
-                baseline: $baseline,
-            });
+            let name: &'static str = $name;
+            if args.only.is_empty() || args.only.iter().any(|part| name.contains(part.as_str())) {
+                eprintln!("  {name}");
+                let measured = run(concurrency, warmup, duration, $op).await;
+                rows.push(Row {
+                    name,
+                    measured,
+                    baseline: $baseline,
+                });
+            }
         }};
     }
     let seq = Arc::new(AtomicU64::new(1_000_000));

@@ -31,7 +31,7 @@ use crate::{
 };
 
 /// Concurrent create groups on PostgreSQL.
-const POSTGRES_COMMITTERS: usize = 4;
+const POSTGRES_COMMITTERS: usize = 2;
 
 pub struct Service {
     store: Store,

@@ -115,10 +115,18 @@ impl Store {
         let txn = self.db.begin().await?;
         let mut answers: Vec<Option<Result<StoredOutcome>>> = vec![None; items.len()];
 
+        let keyed: Vec<usize> = (0..items.len())
+            .filter(|&index| items[index].claim.is_some())
+            .collect();
+        let keys: Vec<&str> = keyed
+            .iter()
+            .filter_map(|&index| items[index].claim.as_ref())
+            .map(|claim| claim.key.as_str())
+            .collect();
+        let locked = self.try_lock_keys(&txn, &keys).await?;
         let mut claimed = Vec::new();
-        for (index, item) in items.iter().enumerate() {
-            let Some(claim) = &item.claim else { continue };
-            if self.try_lock_key(&txn, &claim.key).await? {
+        for (&index, locked) in keyed.iter().zip(locked) {
+            if locked {
                 claimed.push(index);
             } else {
                 answers[index] = Some(Err(Error::IdempotencyInFlight));
@@ -257,21 +265,38 @@ impl Store {
     /// PostgreSQL: a transaction-scoped advisory lock per key, so a second replica answers
     /// "in flight" at once instead of waiting; it is released by commit, rollback or a dropped
     /// connection, so a crash never leaves a key stuck. SQLite has one writer connection, and
-    /// the service already refuses a key that is in flight in this process.
-    async fn try_lock_key(&self, txn: &DatabaseTransaction, key: &str) -> Result<bool> {
-        if txn.get_database_backend() != DbBackend::Postgres {
-            return Ok(true);
+    /// the service already refuses a key that is in flight in this process. One statement
+    /// tries every key; returns whether each was locked, in order.
+    async fn try_lock_keys(&self, txn: &DatabaseTransaction, keys: &[&str]) -> Result<Vec<bool>> {
+        if txn.get_database_backend() != DbBackend::Postgres || keys.is_empty() {
+            return Ok(vec![true; keys.len()]);
         }
-        let digest = Sha256::digest(key.as_bytes());
-        let mut lock_id = [0u8; 8];
-        lock_id.copy_from_slice(&digest[..8]);
+        let lock_ids: Vec<sea_orm::Value> = keys
+            .iter()
+            .map(|key| {
+                let digest = Sha256::digest(key.as_bytes());
+                let mut lock_id = [0u8; 8];
+                lock_id.copy_from_slice(&digest[..8]);
+                i64::from_be_bytes(lock_id).into()
+            })
+            .collect();
+        let values = (1..=keys.len())
+            .map(|n| format!("({n}, ${n}::bigint)"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let statement = Statement::from_sql_and_values(
             DbBackend::Postgres,
-            "SELECT pg_try_advisory_xact_lock($1) AS locked",
-            [i64::from_be_bytes(lock_id).into()],
+            format!(
+                "SELECT position, pg_try_advisory_xact_lock(lock_id) AS locked \
+                 FROM (VALUES {values}) AS claims(position, lock_id) ORDER BY position"
+            ),
+            lock_ids,
         );
-        let row = txn.query_one(statement).await?.ok_or(Error::Internal)?;
-        Ok(row.try_get::<bool>("", "locked")?)
+        txn.query_all(statement)
+            .await?
+            .iter()
+            .map(|row| Ok(row.try_get::<bool>("", "locked")?))
+            .collect()
     }
 
     /// Deletes up to `batch` expired keys; returns how many went.
