@@ -320,10 +320,18 @@ async fn export_tasks(
     };
     let lines = futures_util::stream::iter([first])
         .chain(tasks)
-        .map(|task| json::task(&task).to_string() + "\n");
+        .map(|task| {
+            let mut line = serde_json::to_vec(&json::TaskJson(&task)).unwrap_or_else(|err| {
+                tracing::error!(error = %err, "an exported task could not be rendered");
+                b"{}".to_vec()
+            });
+            line.push(b'\n');
+            line
+        });
     // A failure after the first line can only end the stream: it ends with an error line.
-    let failure = futures_util::stream::once(async move { error.await.ok() })
-        .filter_map(|err| std::future::ready(err.map(|err| error_json(&err).to_string() + "\n")));
+    let failure = futures_util::stream::once(async move { error.await.ok() }).filter_map(|err| {
+        std::future::ready(err.map(|err| (error_json(&err).to_string() + "\n").into_bytes()))
+    });
     let body = lines
         .chain(failure)
         .map(|text| Ok::<_, std::convert::Infallible>(Bytes::from(text)));

@@ -258,8 +258,13 @@ pub fn ok(value: Value) -> Response {
     (StatusCode::OK, Json(value)).into_response()
 }
 
+/// Any serialisable answer as a 200 JSON response.
+pub fn ok_json(body: &impl serde::Serialize) -> Response {
+    (StatusCode::OK, Json(body)).into_response()
+}
+
 pub fn task_response(task: Result<Task>) -> Result<Response> {
-    task.map(|task| ok(super::json::task(&task)))
+    task.map(|task| ok_json(&super::json::TaskJson(&task)))
 }
 
 #[cfg(test)]

@@ -1,72 +1,128 @@
 //! Scale's JSON shapes for tasks and task pages.
 
+use serde::{
+    ser::{SerializeMap, SerializeSeq},
+    Serialize, Serializer,
+};
 use serde_json::{json, Map, Value};
 
 use crate::{
-    domain::{Batch, BatchCounts, Project, Task},
+    domain::{Audit, Batch, BatchCounts, Project, Task},
     service::{BatchPage, TaskPage},
 };
 
+/// A task as Scale shows it, serialised straight from the task (no intermediate `Value`: list
+/// pages and exports write thousands). Keys in alphabetical order, as a `serde_json::Map` has them.
+pub struct TaskJson<'a>(pub &'a Task);
+
+impl Serialize for TaskJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let task = self.0;
+        let mut doc = serializer.serialize_map(None)?;
+        doc.serialize_entry("audits", &Audits(&task.audits))?;
+        if let Some(batch) = &task.batch {
+            doc.serialize_entry("batch", batch)?;
+        }
+        if let Some(succeeded) = task.callback_succeeded {
+            doc.serialize_entry("callback_succeeded", &succeeded)?;
+        }
+        // Scale shows an empty string when no callback is set.
+        doc.serialize_entry("callback_url", task.callback_url.as_deref().unwrap_or(""))?;
+        if let Some(completed_at) = task.completed_at {
+            doc.serialize_entry("completed_at", &completed_at.to_iso())?;
+        }
+        doc.serialize_entry("created_at", &task.created_at.to_iso())?;
+        if let Some(review) = &task.customer_review_status {
+            doc.serialize_entry("customer_review_status", review)?;
+        }
+        if let Some(instruction) = &task.instruction {
+            doc.serialize_entry("instruction", instruction)?;
+        }
+        doc.serialize_entry("is_test", &task.scope.is_test)?;
+        doc.serialize_entry("metadata", &task.metadata)?;
+        doc.serialize_entry("params", &task.params)?;
+        if let Some(project) = &task.project {
+            doc.serialize_entry("project", project)?;
+        }
+        if let Some(version) = task.project_param_version {
+            doc.serialize_entry("project_param_version", &version)?;
+        }
+        if let Some(response) = &task.response {
+            doc.serialize_entry("response", response)?;
+        }
+        doc.serialize_entry("status", task.status.as_str())?;
+        if let Some(tags) = &task.tags {
+            doc.serialize_entry("tags", tags)?;
+        }
+        doc.serialize_entry("task_id", task.id.as_str())?;
+        doc.serialize_entry("type", &task.task_type)?;
+        if let Some(unique_id) = &task.unique_id {
+            doc.serialize_entry("unique_id", unique_id)?;
+        }
+        doc.serialize_entry("updated_at", &task.updated_at.to_iso())?;
+        doc.end()
+    }
+}
+
+struct Audits<'a>(&'a [Audit]);
+
+impl Serialize for Audits<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut audits = serializer.serialize_seq(Some(self.0.len()))?;
+        for audit in self.0 {
+            audits.serialize_element(&AuditJson(audit))?;
+        }
+        audits.end()
+    }
+}
+
+struct AuditJson<'a>(&'a Audit);
+
+impl Serialize for AuditJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let audit = self.0;
+        let mut entry = serializer.serialize_map(None)?;
+        entry.serialize_entry("accepted", &audit.accepted)?;
+        if let Some(comments) = &audit.comments {
+            entry.serialize_entry("comments", comments)?;
+        }
+        entry.serialize_entry("created_at", &audit.created_at.to_iso())?;
+        entry.end()
+    }
+}
+
+/// The task as a JSON value, for answers that embed it (callbacks, leases).
 pub fn task(task: &Task) -> Value {
-    let mut doc = Map::new();
-    doc.insert("task_id".into(), json!(task.id.as_str()));
-    doc.insert("created_at".into(), json!(task.created_at.to_iso()));
-    doc.insert("updated_at".into(), json!(task.updated_at.to_iso()));
-    if let Some(completed_at) = task.completed_at {
-        doc.insert("completed_at".into(), json!(completed_at.to_iso()));
+    serde_json::to_value(TaskJson(task)).unwrap_or_else(|err| {
+        tracing::error!(error = %err, "a task could not be rendered as JSON");
+        Value::Null
+    })
+}
+
+/// A task page, serialised straight from the tasks.
+pub struct PageJson<'a>(pub &'a TaskPage);
+
+impl Serialize for PageJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let page = self.0;
+        let mut doc = serializer.serialize_map(None)?;
+        if page.limited_response {
+            let docs: Vec<Value> = page.docs.iter().map(limited_task).collect();
+            doc.serialize_entry("docs", &docs)?;
+        } else {
+            let docs: Vec<TaskJson<'_>> = page.docs.iter().map(TaskJson).collect();
+            doc.serialize_entry("docs", &docs)?;
+        }
+        doc.serialize_entry("has_more", &page.has_more)?;
+        doc.serialize_entry("limit", &page.limit)?;
+        if let Some(token) = &page.next_token {
+            doc.serialize_entry("next_token", token)?;
+        }
+        // Scale's Python client requires the key even when paging by cursor.
+        doc.serialize_entry("offset", &page.offset)?;
+        doc.serialize_entry("total", &page.total)?;
+        doc.end()
     }
-    doc.insert("type".into(), json!(task.task_type));
-    doc.insert("status".into(), json!(task.status.as_str()));
-    if let Some(instruction) = &task.instruction {
-        doc.insert("instruction".into(), json!(instruction));
-    }
-    doc.insert("params".into(), Value::Object(task.params.clone()));
-    // Scale shows an empty string when no callback is set.
-    doc.insert(
-        "callback_url".into(),
-        json!(task.callback_url.as_deref().unwrap_or("")),
-    );
-    doc.insert("metadata".into(), Value::Object(task.metadata.clone()));
-    if let Some(unique_id) = &task.unique_id {
-        doc.insert("unique_id".into(), json!(unique_id));
-    }
-    if let Some(tags) = &task.tags {
-        doc.insert("tags".into(), json!(tags));
-    }
-    if let Some(project) = &task.project {
-        doc.insert("project".into(), json!(project));
-    }
-    if let Some(version) = task.project_param_version {
-        doc.insert("project_param_version".into(), json!(version));
-    }
-    if let Some(batch) = &task.batch {
-        doc.insert("batch".into(), json!(batch));
-    }
-    if let Some(response) = &task.response {
-        doc.insert("response".into(), response.clone());
-    }
-    if let Some(succeeded) = task.callback_succeeded {
-        doc.insert("callback_succeeded".into(), json!(succeeded));
-    }
-    let audits: Vec<Value> = task
-        .audits
-        .iter()
-        .map(|audit| {
-            let mut entry = Map::new();
-            entry.insert("accepted".into(), json!(audit.accepted));
-            if let Some(comments) = &audit.comments {
-                entry.insert("comments".into(), json!(comments));
-            }
-            entry.insert("created_at".into(), json!(audit.created_at.to_iso()));
-            Value::Object(entry)
-        })
-        .collect();
-    doc.insert("audits".into(), Value::Array(audits));
-    if let Some(review) = &task.customer_review_status {
-        doc.insert("customer_review_status".into(), json!(review));
-    }
-    doc.insert("is_test".into(), json!(task.scope.is_test));
-    Value::Object(doc)
 }
 
 /// `limited_response=true`: only what a status poller needs.
@@ -77,28 +133,6 @@ fn limited_task(task: &Task) -> Value {
     doc.insert("metadata".into(), Value::Object(task.metadata.clone()));
     if let Some(project) = &task.project {
         doc.insert("project".into(), json!(project));
-    }
-    Value::Object(doc)
-}
-
-pub fn page(page: &TaskPage) -> Value {
-    let render = if page.limited_response {
-        limited_task
-    } else {
-        task
-    };
-    let mut doc = Map::new();
-    doc.insert(
-        "docs".into(),
-        Value::Array(page.docs.iter().map(render).collect()),
-    );
-    doc.insert("total".into(), json!(page.total));
-    doc.insert("limit".into(), json!(page.limit));
-    // Scale's Python client requires the key even when paging by cursor.
-    doc.insert("offset".into(), json!(page.offset));
-    doc.insert("has_more".into(), json!(page.has_more));
-    if let Some(token) = &page.next_token {
-        doc.insert("next_token".into(), json!(token));
     }
     Value::Object(doc)
 }

@@ -11,8 +11,8 @@ use serde_json::Value;
 
 use super::{
     extract::{
-        field_flag, field_text, ok, parse_bool_param, parse_time_param, query_pairs, task_response,
-        Auth, IdempotencyKey, JsonBody, JsonOrFormBody, Segment,
+        field_flag, field_text, ok_json, parse_bool_param, parse_time_param, query_pairs,
+        task_response, Auth, IdempotencyKey, JsonBody, JsonOrFormBody, Segment,
     },
     json, AppState,
 };
@@ -53,7 +53,7 @@ async fn create_task(
         .create_task(caller, idempotency_key.as_deref(), &task_type, fields)
         .await?;
     let mut response = match created.outcome {
-        Ok(task) => ok(json::task(&task)),
+        Ok(task) => ok_json(&json::TaskJson(&task)),
         Err(err) => err.into_response(),
     };
     if created.replayed {
@@ -79,7 +79,7 @@ async fn list_tasks(
 ) -> Result<Response> {
     let query = parse_list_query(query.as_deref().unwrap_or(""))?;
     let page = service.list_tasks(caller, query).await?;
-    Ok(ok(json::page(&page)))
+    Ok(ok_json(&json::PageJson(&page)))
 }
 
 async fn cancel_task(
