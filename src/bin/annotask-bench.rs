@@ -55,6 +55,10 @@ struct Args {
     /// unique_id), which the export scenario then reads back.
     #[arg(long, default_value_t = 1_000_000)]
     import_tasks: u64,
+    /// After the scenarios: the mixed load over 256 connections for this long, the server's
+    /// RSS sampled every tenth of it (0: skip).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    soak: Duration,
     /// Run only the scenarios whose name contains one of these (repeatable); all by default.
     #[arg(long)]
     only: Vec<String>,
@@ -233,9 +237,17 @@ impl Server {
     }
 
     fn peak_rss_mib(&self) -> Option<f64> {
+        self.memory_mib("VmHWM:")
+    }
+
+    fn rss_mib(&self) -> Option<f64> {
+        self.memory_mib("VmRSS:")
+    }
+
+    fn memory_mib(&self, field: &str) -> Option<f64> {
         let pid = self.child.id();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+        let line = status.lines().find(|line| line.starts_with(field))?;
         let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
         Some(kib / 1024.0)
     }
@@ -738,6 +750,7 @@ async fn bench_database(
     );
 
     let rss = server.peak_rss_mib();
+    let soak = soak(args, &server, &ids).await;
     db.execute_unprepared("DROP TABLE bench_baseline")
         .await
         .ok();
@@ -775,9 +788,64 @@ async fn bench_database(
         rss.map_or("unknown".to_owned(), |mib| format!("{mib:.1} MiB"))
     );
     table.push_str(&bulk);
+    table.push_str(&soak);
     eprintln!("{table}");
     let errors = rows.iter().map(|row| row.measured.errors).sum();
     Ok((table, errors))
+}
+
+/// `--soak`: the mixed load from 256 connections (one per worker), RSS sampled ten times.
+async fn soak(args: &Args, server: &Arc<Server>, ids: &Arc<Vec<String>>) -> String {
+    const CONNECTIONS: usize = 256;
+    if args.soak.is_zero() {
+        return String::new();
+    }
+    eprintln!(
+        "  soak: mixed load from {CONNECTIONS} connections for {:?}",
+        args.soak
+    );
+    let before = server.rss_mib();
+    let slice = args.soak / 10;
+    let mut samples = Vec::new();
+    let load = {
+        let (s, i) = (server.clone(), ids.clone());
+        tokio::spawn(run(CONNECTIONS, Duration::ZERO, args.soak, move |w, n| {
+            let (s, id) = (s.clone(), i[(w * 7 + n as usize) % i.len()].clone());
+            async move {
+                match n % 10 {
+                    0 => s
+                        .post("/v1/task/imageannotation", &image_task(n), None)
+                        .await
+                        .map(drop),
+                    1 | 2 => s.get("/v1/tasks?limit=100").await.map(drop),
+                    _ => s.get(&format!("/v1/task/{id}")).await.map(drop),
+                }
+            }
+        }))
+    };
+    for _ in 0..10 {
+        tokio::time::sleep(slice).await;
+        samples.push(server.rss_mib().unwrap_or(0.0));
+    }
+    let measured = load.await.ok();
+    let mib = |value: Option<f64>| value.map_or("unknown".to_owned(), |v| format!("{v:.1} MiB"));
+    let section = format!(
+        "Soak: the mixed load from {CONNECTIONS} connections for {:?}: {} requests/s, {} errors; \
+         RSS before {}, then every {:?}: {} (peak {}).\n\n",
+        args.soak,
+        measured.as_ref().map_or(0.0, Measured::rate).round(),
+        measured.as_ref().map_or(0, |m| m.errors),
+        mib(before),
+        slice,
+        samples
+            .iter()
+            .map(|v| format!("{v:.1}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        mib(server.peak_rss_mib()),
+    );
+    eprintln!("{section}");
+    section
 }
 
 /// One NDJSON import of `--import-tasks` tasks (each with a unique_id) into an empty account,
@@ -880,6 +948,7 @@ async fn bench_bulk(
         return Err(format!("the export gave {exported} of {count} tasks").into());
     }
     eprintln!("  baseline: keyset pages of {CHUNK}");
+    db.execute_unprepared("ANALYZE").await.ok();
     let account_id: i64 = db
         .query_one(statement(
             db,
