@@ -1,7 +1,7 @@
-//! `annotask serve | migrate | api-keys create | callbacks show | import | export`: the command
-//! line and what each command does.
+//! `annotask serve | migrate | api-keys create/list/revoke | callbacks show | backup | import |
+//! export`: the command line and what each command does.
 
-use std::{io, time::Duration};
+use std::{io, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
@@ -9,8 +9,10 @@ use tokio::net::TcpListener;
 use crate::{
     bulk_client,
     config::{parse_callback_schedule, Config, DEFAULT_CALLBACK_SCHEDULE},
-    domain::Role,
+    domain::{ApiKeyInfo, Role},
     server::{App, BoxError},
+    service::{Revocation, Service},
+    store::Store,
     telemetry,
 };
 
@@ -37,6 +39,8 @@ pub enum Command {
     /// Show an account's callback secrets.
     #[command(subcommand)]
     Callbacks(CallbacksCommand),
+    /// Copy a SQLite database to a new file while servers keep serving it (PostgreSQL: use pg_dump).
+    Backup(BackupArgs),
     /// Import an NDJSON file of tasks into a running server, with progress and a summary.
     Import(bulk_client::ImportArgs),
     /// Export tasks from a running server as NDJSON (stdout or --output).
@@ -117,6 +121,34 @@ pub enum ApiKeysCommand {
         #[command(flatten)]
         database: DatabaseArgs,
     },
+    /// List an account's keys, one a line: prefix, live or test, scope, creation time, revocation.
+    List {
+        /// The account's name.
+        #[arg(long)]
+        account: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Revoke the account's one active key whose prefix starts with PREFIX (as `list` shows it).
+    Revoke {
+        /// The account's name.
+        #[arg(long)]
+        account: String,
+        /// The key's prefix as `list` shows it (e.g. `live_1a2b3c4`), or enough of it to match one key.
+        #[arg(long)]
+        prefix: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The new file to write the copy to; an existing file is never overwritten.
+    #[arg(long, value_name = "FILE")]
+    pub to: PathBuf,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -196,6 +228,46 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
             println!("{key}");
             Ok(())
         }
+        Command::ApiKeys(ApiKeysCommand::List { account, database }) => {
+            let app = App::open(Config::new(database.database_url)).await?;
+            // Prefixes only: the keys themselves are not stored.
+            for key in app.service.list_api_keys(&account).await? {
+                println!("{}", key_line(&key));
+            }
+            Ok(())
+        }
+        Command::ApiKeys(ApiKeysCommand::Revoke {
+            account,
+            prefix,
+            database,
+        }) => {
+            let app = App::open(Config::new(database.database_url)).await?;
+            match app.service.revoke_api_key(&account, &prefix).await? {
+                Revocation::Revoked(key) => {
+                    println!("revoked: {}", key_line(&key));
+                    println!(
+                        "running servers refuse it within {} s",
+                        crate::service::REVOCATION_DELAY.as_secs()
+                    );
+                }
+                Revocation::AlreadyRevoked(keys) => {
+                    for key in keys {
+                        println!("already revoked: {}", key_line(&key));
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Backup(args) => {
+            // No migrations: a backup taken before an upgrade must leave the schema as it is.
+            let url = args.database.database_url;
+            let store = Store::connect(&url, 1).await?;
+            let service = Service::new(store, &Config::new(url));
+            let written = service.backup(&args.to).await;
+            service.close().await;
+            println!("backup written to {}", written?.display());
+            Ok(())
+        }
         Command::Callbacks(CallbacksCommand::Show {
             account,
             rotate,
@@ -211,6 +283,22 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
         Command::Import(args) => bulk_client::import(args).await,
         Command::Export(args) => bulk_client::export(args).await,
     }
+}
+
+/// One line of `api-keys list`: `live_1a2b3c4  live  admin   2026-11-30T12:00:00.000Z`, then
+/// `  revoked <time>` when it is.
+fn key_line(key: &ApiKeyInfo) -> String {
+    let prefix = key.prefix.as_deref().unwrap_or("(unknown prefix)");
+    let world = if key.is_test { "test" } else { "live" };
+    let mut line = format!(
+        "{prefix:<16}  {world}  {:<6}  {}",
+        key.role.as_str(),
+        key.created_at.to_iso()
+    );
+    if let Some(at) = key.revoked_at {
+        line.push_str(&format!("  revoked {}", at.to_iso()));
+    }
+    line
 }
 
 /// SIGTERM or Ctrl-C.
@@ -270,6 +358,29 @@ mod tests {
         }
         Cli::command().debug_assert();
         check(&Cli::command(), "");
+    }
+
+    #[test]
+    fn key_lines_show_the_prefix_world_scope_and_times() {
+        let mut key = ApiKeyInfo {
+            id: 1,
+            prefix: Some("live_1a2b3c4".to_owned()),
+            is_test: false,
+            role: Role::Worker,
+            created_at: crate::domain::Timestamp::from_millis(0),
+            revoked_at: None,
+        };
+        assert_eq!(
+            key_line(&key),
+            "live_1a2b3c4      live  worker  1970-01-01T00:00:00.000Z"
+        );
+        key.prefix = None;
+        key.is_test = true;
+        key.revoked_at = Some(crate::domain::Timestamp::from_millis(1000));
+        assert_eq!(
+            key_line(&key),
+            "(unknown prefix)  test  worker  1970-01-01T00:00:00.000Z  revoked 1970-01-01T00:00:01.000Z"
+        );
     }
 
     #[test]

@@ -6,6 +6,8 @@ mod m20261129_000001_core;
 mod m20261129_000002_idempotency;
 mod m20261130_000003_work_queue;
 mod m20261130_000004_projects_batches;
+mod m20261130_000005_api_key_prefix;
+mod m20261130_000006_task_hour_counts;
 
 pub struct Migrator;
 
@@ -17,6 +19,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000002_idempotency::Migration),
             Box::new(m20261130_000003_work_queue::Migration),
             Box::new(m20261130_000004_projects_batches::Migration),
+            Box::new(m20261130_000005_api_key_prefix::Migration),
+            Box::new(m20261130_000006_task_hour_counts::Migration),
         ]
     }
 }

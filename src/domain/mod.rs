@@ -19,8 +19,8 @@ pub use task_id::TaskId;
 pub use task_type::TaskType;
 pub use time::Timestamp;
 pub use work::{
-    CallbackEvent, CallbackSecrets, CallbackSubject, Caller, ClaimFilter, Delivery, NewDelivery,
-    Role, TaskLease,
+    ApiKeyInfo, CallbackEvent, CallbackSecrets, CallbackSubject, Caller, ClaimFilter, Delivery,
+    NewDelivery, Role, TaskLease,
 };
 
 /// Booleans as Scale's clients send them in query strings: `true/false/True/False/1/0`.

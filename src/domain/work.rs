@@ -37,6 +37,20 @@ pub struct Caller {
     pub role: Role,
 }
 
+/// One API key as `api-keys list` shows it: never the key itself (only its hash is stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyInfo {
+    /// The row, so that exactly the chosen key is revoked.
+    pub id: i64,
+    /// The key's first characters (`live_1a2b3c4`); `None` for a key made before prefixes
+    /// were kept that has not been used since.
+    pub prefix: Option<String>,
+    pub is_test: bool,
+    pub role: Role,
+    pub created_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+}
+
 /// A task's live claim. Only a hash of the token is kept: the token itself is a bearer secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskLease {

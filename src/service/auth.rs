@@ -6,12 +6,21 @@ use sha2::{Digest, Sha256};
 
 use super::Service;
 use crate::{
-    domain::{Caller, Role, Scope},
+    domain::{ApiKeyInfo, Caller, Role, Scope, Timestamp},
     error::{Error, Result},
 };
 
 const LIVE_PREFIX: &str = "live_";
 const TEST_PREFIX: &str = "test_";
+
+/// How many leading characters of a key are stored in clear, to list and revoke it by:
+/// `live_` or `test_` and 7 hex digits (28 of its 160 random bits, too few to guess the rest).
+pub const KEY_PREFIX_LEN: usize = 12;
+
+/// How long another process may go on accepting a key after it was revoked: its cache of
+/// keys recently found valid keeps an entry this long. The process that revokes forgets its
+/// cache at once.
+pub const REVOCATION_DELAY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A new key: `live_` or `test_` and 160 random bits in hex.
 pub fn generate_api_key(is_test: bool) -> String {
@@ -19,6 +28,11 @@ pub fn generate_api_key(is_test: bool) -> String {
     rand::rng().fill_bytes(&mut secret);
     let prefix = if is_test { TEST_PREFIX } else { LIVE_PREFIX };
     format!("{prefix}{}", hex::encode(secret))
+}
+
+/// The first characters of a key, stored to tell keys apart (never the key).
+fn key_prefix(key: &str) -> String {
+    key.chars().take(KEY_PREFIX_LEN).collect()
 }
 
 /// Keys carry 160 random bits, so a plain SHA-256 cannot be brute-forced; only this is stored.
@@ -72,7 +86,19 @@ impl Service {
         if let Some(caller) = self.known_keys.get(&hash) {
             return Ok(caller);
         }
-        let caller = self.store.find_api_key(&hash).await?.ok_or_else(unknown)?;
+        // Unknown and revoked keys alike are not found.
+        let (caller, prefix_known) = self.store.find_api_key(&hash).await?.ok_or_else(unknown)?;
+        if !prefix_known {
+            // A key made before prefixes were kept: now that it is presented, keep its prefix
+            // so `api-keys list` can show it and `revoke` can find it. Once per such key.
+            if let Err(err) = self
+                .store
+                .set_api_key_prefix(&hash, &key_prefix(&key))
+                .await
+            {
+                tracing::warn!(error = %err, "could not store an old key's prefix");
+            }
+        }
         // The prefix is part of the hashed key, so it always agrees with the stored world.
         self.known_keys.insert(hash, caller);
         Ok(caller)
@@ -86,9 +112,75 @@ impl Service {
         }
         let key = generate_api_key(is_test);
         self.store
-            .create_api_key(account, &hash_api_key(&key), is_test, role)
+            .create_api_key(
+                account,
+                &hash_api_key(&key),
+                &key_prefix(&key),
+                is_test,
+                role,
+            )
             .await?;
         Ok(key)
+    }
+
+    /// For `annotask api-keys list`: every key of the account, oldest first, revoked ones too.
+    pub async fn list_api_keys(&self, account: &str) -> Result<Vec<ApiKeyInfo>> {
+        let account_id = self.account_id_by_name(account).await?;
+        self.store.list_api_keys(account_id).await
+    }
+
+    /// For `annotask api-keys revoke`: revokes the one active key of the account whose prefix
+    /// starts with `prefix`. None, or several → an error, and nothing is revoked. When only
+    /// revoked keys match, says so (revoking again changes nothing).
+    pub async fn revoke_api_key(&self, account: &str, prefix: &str) -> Result<Revocation> {
+        let prefix = prefix.trim();
+        if prefix.is_empty() {
+            return Err(Error::invalid(
+                "The prefix must not be empty: give the key's prefix as `annotask api-keys list` shows it.",
+            ));
+        }
+        if prefix.chars().count() > KEY_PREFIX_LEN {
+            return Err(Error::invalid(format!(
+                "A prefix has at most {KEY_PREFIX_LEN} characters (e.g. live_1a2b3c4), as `annotask api-keys list` shows it; never pass a whole key."
+            )));
+        }
+        let account = account.trim();
+        let account_id = self.account_id_by_name(account).await?;
+        let keys = self.store.list_api_keys(account_id).await?;
+        let (active, revoked) = matching_keys(keys, prefix);
+        match active.as_slice() {
+            [key] => {
+                let at = Timestamp::now();
+                if self.store.revoke_api_key(key.id, at).await? {
+                    // Immediately in this process; other processes within REVOCATION_DELAY.
+                    self.known_keys.clear();
+                    tracing::info!(account, key_prefix = ?key.prefix, "API key revoked");
+                    return Ok(Revocation::Revoked(ApiKeyInfo {
+                        revoked_at: Some(at),
+                        ..key.clone()
+                    }));
+                }
+                // Revoked by someone else a moment ago.
+                let keys = self.store.list_api_keys(account_id).await?;
+                Ok(Revocation::AlreadyRevoked(matching_keys(keys, prefix).1))
+            }
+            [] if revoked.is_empty() => Err(Error::NotFound(format!(
+                "No key of account '{account}' starts with '{prefix}': see `annotask api-keys list --account {account}`. Nothing was revoked."
+            ))),
+            [] => Ok(Revocation::AlreadyRevoked(revoked)),
+            several => Err(Error::invalid(format!(
+                "The prefix '{prefix}' is ambiguous: {} active keys of account '{account}' start with it. Give more of the prefix, as `annotask api-keys list --account {account}` shows it. Nothing was revoked.",
+                several.len()
+            ))),
+        }
+    }
+
+    async fn account_id_by_name(&self, account: &str) -> Result<i64> {
+        let account = account.trim();
+        self.store
+            .find_account_id(account)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("No account named '{account}'.")))
     }
 
     /// On an empty database, creates account `default` with a live key and returns the key.
@@ -102,14 +194,36 @@ impl Service {
     }
 }
 
+/// What `revoke_api_key` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revocation {
+    /// This key is revoked now (its `revoked_at` set).
+    Revoked(ApiKeyInfo),
+    /// No active key matched; these keys with the prefix were revoked before.
+    AlreadyRevoked(Vec<ApiKeyInfo>),
+}
+
+/// The keys whose stored prefix starts with `prefix`: (active, revoked). Keys without a
+/// stored prefix never match.
+fn matching_keys(keys: Vec<ApiKeyInfo>, prefix: &str) -> (Vec<ApiKeyInfo>, Vec<ApiKeyInfo>) {
+    keys.into_iter()
+        .filter(|key| {
+            key.prefix
+                .as_deref()
+                .is_some_and(|stored| stored.starts_with(prefix))
+        })
+        .partition(|key| key.revoked_at.is_none())
+}
+
 /// Keys recently found valid, so a request does not pay a database round trip to
-/// authenticate. Keys are never revoked or re-scoped today; a revocation would have to clear
-/// this, and the TTL bounds how long another replica could still accept a changed key.
+/// authenticate. An entry lives `REVOCATION_DELAY`: that bounds how long a key revoked by
+/// another process (the CLI, another replica) is still accepted here; a revocation in this
+/// process clears it at once. Re-reading a key every few seconds costs one indexed lookup.
 pub(super) struct KnownKeys {
     entries: std::sync::Mutex<std::collections::HashMap<String, (Caller, std::time::Instant)>>,
 }
 
-const KNOWN_KEY_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+const KNOWN_KEY_TTL: std::time::Duration = REVOCATION_DELAY;
 /// Unknown keys are never cached, so only real keys fill it; past this it starts again.
 const KNOWN_KEYS_MAX: usize = 10_000;
 
@@ -142,6 +256,14 @@ impl KnownKeys {
             entries.clear();
         }
         entries.insert(hash, (caller, std::time::Instant::now()));
+    }
+
+    /// Forgets every key (after a revocation: the next request of each key reads it again).
+    fn clear(&self) {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
     }
 }
 
@@ -191,6 +313,65 @@ mod tests {
             keys.insert(format!("k{n}"), caller);
         }
         assert_eq!(keys.get("h"), None, "cleared once it reached its bound");
+    }
+
+    fn key(id: i64, prefix: Option<&str>, revoked: bool) -> ApiKeyInfo {
+        ApiKeyInfo {
+            id,
+            prefix: prefix.map(str::to_owned),
+            is_test: false,
+            role: Role::Admin,
+            created_at: Timestamp::from_millis(1),
+            revoked_at: revoked.then(|| Timestamp::from_millis(2)),
+        }
+    }
+
+    #[test]
+    fn keys_match_by_the_start_of_their_stored_prefix() {
+        let keys = vec![
+            key(1, Some("live_aaaa111"), false),
+            key(2, Some("live_aaaa222"), false),
+            key(3, Some("live_bbbb111"), true),
+            key(4, None, false),
+        ];
+        let ids = |keys: Vec<ApiKeyInfo>| keys.iter().map(|key| key.id).collect::<Vec<_>>();
+        let (active, revoked) = matching_keys(keys.clone(), "live_aaaa1");
+        assert_eq!((ids(active), ids(revoked)), (vec![1], vec![]));
+        let (active, _) = matching_keys(keys.clone(), "live_aaaa");
+        assert_eq!(ids(active), vec![1, 2], "ambiguous");
+        let (active, revoked) = matching_keys(keys.clone(), "live_bbbb111");
+        assert_eq!((ids(active), ids(revoked)), (vec![], vec![3]));
+        let (active, revoked) = matching_keys(keys, "test_");
+        assert!(
+            active.is_empty() && revoked.is_empty(),
+            "none; unknown prefixes never match"
+        );
+    }
+
+    #[test]
+    fn the_stored_prefix_is_the_world_and_seven_hex_digits() {
+        let live = generate_api_key(false);
+        assert_eq!(key_prefix(&live), live[..12]);
+        assert!(key_prefix(&live).starts_with("live_") && key_prefix(&live).len() == 12);
+    }
+
+    #[test]
+    fn known_keys_forget_everything_on_clear() {
+        let keys = KnownKeys::default();
+        let caller = Caller {
+            scope: crate::domain::Scope {
+                account_id: 7,
+                is_test: false,
+            },
+            role: Role::Admin,
+        };
+        keys.insert("h".to_owned(), caller);
+        keys.clear();
+        assert_eq!(keys.get("h"), None);
+        assert!(
+            KNOWN_KEY_TTL <= REVOCATION_DELAY,
+            "the documented bound holds"
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The one service layer: every rule of the API lives here, whatever the transport.
 
 mod auth;
+mod backup;
 mod batches;
 mod bulk;
 mod callbacks;
@@ -10,7 +11,9 @@ mod projects;
 mod tasks;
 mod work;
 
-pub use auth::{credential_from_authorization, generate_api_key};
+pub use auth::{
+    credential_from_authorization, generate_api_key, Revocation, KEY_PREFIX_LEN, REVOCATION_DELAY,
+};
 pub use batches::{BatchPage, NewBatch};
 pub use bulk::{
     ImportFingerprint, ImportItem, ImportLine, ImportOutcome, ImportSummary, StoredImport,

@@ -223,9 +223,9 @@ impl Service {
         }
         let offset = query.offset.unwrap_or(0);
         let page_size = limit.unsigned_abs();
-        let mut docs = self
+        let (mut docs, total) = self
             .store
-            .list_tasks(scope, &query.filter, after.as_ref(), offset, page_size + 1)
+            .list_page(scope, &query.filter, after.as_ref(), offset, page_size + 1)
             .await?;
         let has_more = docs.len() as u64 > page_size;
         docs.truncate(page_size as usize);
@@ -240,7 +240,6 @@ impl Service {
         } else {
             None
         };
-        let total = self.store.count_tasks(scope, &query.filter).await?;
         Ok(TaskPage {
             docs,
             total,

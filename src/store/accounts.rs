@@ -1,13 +1,17 @@
-//! Accounts and API keys (only key hashes are stored).
+//! Accounts and API keys (only key hashes and their first characters are stored).
 
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, Set};
+use sea_orm::{
+    sea_query::{Expr, OnConflict},
+    ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, Set,
+    TransactionTrait,
+};
 
 use super::{
     entities::{accounts, api_keys},
-    is_unique_violation, Store,
+    Store,
 };
 use crate::{
-    domain::{Caller, Role, Scope, Timestamp},
+    domain::{ApiKeyInfo, Caller, Role, Scope, Timestamp},
     error::{Error, Result},
 };
 
@@ -16,46 +20,56 @@ impl Store {
         Ok(accounts::Entity::find().count(&self.db).await?)
     }
 
-    /// Finds or creates the account, then stores the key hash for it.
+    /// Finds or creates the account and stores the key's hash and prefix for it, in one
+    /// transaction: a key never lands without its account, nor an account without its key.
     pub async fn create_api_key(
         &self,
         account_name: &str,
         key_hash: &str,
+        key_prefix: &str,
         is_test: bool,
         role: Role,
     ) -> Result<Scope> {
         let now = Timestamp::now().millis();
-        let account_id = match self.find_account_id(account_name).await? {
-            Some(id) => id,
-            None => {
-                let created = accounts::ActiveModel {
-                    name: Set(account_name.to_owned()),
-                    created_at: Set(now),
-                    ..Default::default()
-                }
-                .insert(&self.db)
-                .await;
-                match created {
-                    Ok(account) => account.id,
-                    // Another process created it a moment ago.
-                    Err(err) if is_unique_violation(&err) => self
-                        .find_account_id(account_name)
-                        .await?
-                        .ok_or(Error::Internal)?,
-                    Err(err) => return Err(err.into()),
-                }
-            }
-        };
+        let txn = self.db.begin().await?;
+        // Insert first, find second. Another process creating the same account at the same
+        // moment makes this insert do nothing (PostgreSQL waits for its commit first), and the
+        // find then reads its row. Writing first also takes SQLite's write lock before any
+        // read, so the transaction never has to upgrade a stale snapshot.
+        accounts::Entity::insert(accounts::ActiveModel {
+            name: Set(account_name.to_owned()),
+            created_at: Set(now),
+            ..Default::default()
+        })
+        .on_conflict(
+            OnConflict::column(accounts::Column::Name)
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(&txn)
+        .await?;
+        let account_id = accounts::Entity::find()
+            .filter(accounts::Column::Name.eq(account_name))
+            .one(&txn)
+            .await?
+            .map(|account| account.id)
+            .ok_or_else(|| {
+                tracing::error!("the account vanished within its own transaction");
+                Error::Internal
+            })?;
         api_keys::ActiveModel {
             account_id: Set(account_id),
             key_hash: Set(key_hash.to_owned()),
+            key_prefix: Set(Some(key_prefix.to_owned())),
             is_test: Set(is_test),
             created_at: Set(now),
             scope: Set(role.as_str().to_owned()),
+            revoked_at: Set(None),
             ..Default::default()
         }
-        .insert(&self.db)
+        .insert(&txn)
         .await?;
+        txn.commit().await?;
         Ok(Scope {
             account_id,
             is_test,
@@ -70,24 +84,77 @@ impl Store {
             .map(|account| account.id))
     }
 
-    pub async fn find_api_key(&self, key_hash: &str) -> Result<Option<Caller>> {
+    /// The caller a key hash belongs to, unless it is unknown or revoked; and whether the
+    /// key's prefix is stored (keys made before prefixes were kept have none).
+    pub async fn find_api_key(&self, key_hash: &str) -> Result<Option<(Caller, bool)>> {
         let Some(key) = api_keys::Entity::find()
             .filter(api_keys::Column::KeyHash.eq(key_hash))
+            .filter(api_keys::Column::RevokedAt.is_null())
             .one(&self.read)
             .await?
         else {
             return Ok(None);
         };
-        let role = Role::parse(&key.scope).ok_or_else(|| {
-            tracing::error!(scope = %key.scope, "stored key scope is unknown");
-            Error::Internal
-        })?;
-        Ok(Some(Caller {
-            scope: Scope {
-                account_id: key.account_id,
-                is_test: key.is_test,
+        let role = parse_role(&key.scope)?;
+        Ok(Some((
+            Caller {
+                scope: Scope {
+                    account_id: key.account_id,
+                    is_test: key.is_test,
+                },
+                role,
             },
-            role,
-        }))
+            key.key_prefix.is_some(),
+        )))
     }
+
+    /// Stores the prefix of a key made before prefixes were kept (where none is stored yet).
+    pub async fn set_api_key_prefix(&self, key_hash: &str, key_prefix: &str) -> Result<()> {
+        api_keys::Entity::update_many()
+            .col_expr(api_keys::Column::KeyPrefix, Expr::value(key_prefix))
+            .filter(api_keys::Column::KeyHash.eq(key_hash))
+            .filter(api_keys::Column::KeyPrefix.is_null())
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Every key of the account, oldest first (revoked ones too).
+    pub async fn list_api_keys(&self, account_id: i64) -> Result<Vec<ApiKeyInfo>> {
+        api_keys::Entity::find()
+            .filter(api_keys::Column::AccountId.eq(account_id))
+            .order_by_asc(api_keys::Column::Id)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|key| {
+                Ok(ApiKeyInfo {
+                    id: key.id,
+                    prefix: key.key_prefix,
+                    is_test: key.is_test,
+                    role: parse_role(&key.scope)?,
+                    created_at: Timestamp::from_millis(key.created_at),
+                    revoked_at: key.revoked_at.map(Timestamp::from_millis),
+                })
+            })
+            .collect()
+    }
+
+    /// Revokes one key unless it already is; returns whether this call revoked it.
+    pub async fn revoke_api_key(&self, key_id: i64, at: Timestamp) -> Result<bool> {
+        let updated = api_keys::Entity::update_many()
+            .col_expr(api_keys::Column::RevokedAt, Expr::value(at.millis()))
+            .filter(api_keys::Column::Id.eq(key_id))
+            .filter(api_keys::Column::RevokedAt.is_null())
+            .exec(&self.db)
+            .await?;
+        Ok(updated.rows_affected == 1)
+    }
+}
+
+fn parse_role(scope: &str) -> Result<Role> {
+    Role::parse(scope).ok_or_else(|| {
+        tracing::error!(scope = %scope, "stored key scope is unknown");
+        Error::Internal
+    })
 }

@@ -33,6 +33,9 @@ pub mod api_keys {
         pub is_test: bool,
         pub created_at: i64,
         pub scope: String,
+        /// The key's first characters (`live_1a2b3c4`); unknown for keys made before it was kept.
+        pub key_prefix: Option<String>,
+        pub revoked_at: Option<i64>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -92,6 +95,35 @@ pub mod task_tags {
         pub tag: String,
         pub account_id: i64,
         pub is_test: bool,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod task_hour_counts {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "task_hour_counts")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub account_id: i64,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub is_test: bool,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub created_hour: i64,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub project: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub batch: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub task_type: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub status: String,
+        pub total: i64,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

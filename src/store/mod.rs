@@ -1,6 +1,7 @@
 //! The one repository: sea-orm on SQLite or PostgreSQL. Database errors become domain errors here.
 
 mod accounts;
+mod backup;
 mod batches;
 mod callbacks;
 mod connect;

@@ -10,13 +10,13 @@ use serde_json::{Map, Value};
 
 use super::{
     batches::OnBatchCompleted,
-    entities::{task_counts, task_tags, tasks},
+    entities::{task_counts, task_hour_counts, task_tags, tasks},
     is_unique_violation, Store,
 };
 use crate::{
     domain::{
         Audit, NewDelivery, PageToken, Scope, Task, TaskFilter, TaskId, TaskLease, TaskStatus,
-        Timestamp,
+        TimeRange, Timestamp,
     },
     error::{Error, Result},
 };
@@ -84,26 +84,46 @@ impl Store {
     }
 
     /// One page in list order, starting after `after`, or `offset` rows in (legacy paging,
-    /// whose cost grows with the offset).
-    pub async fn list_tasks(
+    /// whose cost grows with the offset), and the exact number of matching tasks: both read
+    /// in one transaction, so the total never contradicts the page under concurrent writes.
+    pub async fn list_page(
         &self,
         scope: Scope,
         filter: &TaskFilter,
         after: Option<&PageToken>,
         offset: u64,
         fetch: u64,
-    ) -> Result<Vec<Task>> {
+    ) -> Result<(Vec<Task>, u64)> {
+        let txn = self.begin_snapshot().await?;
         let mut select = page_select(scope, filter, after);
         if offset > 0 {
             select = select.offset(offset);
         }
-        select
+        let docs = select
             .limit(fetch)
-            .all(&self.read)
+            .all(&txn)
             .await?
             .into_iter()
             .map(from_model)
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        let total = count_tasks(&txn, scope, filter).await?;
+        txn.commit().await?;
+        Ok((docs, total))
+    }
+
+    /// A read-only transaction on the read pool whose statements all see one snapshot:
+    /// REPEATABLE READ on PostgreSQL; on SQLite (WAL) every read transaction is one.
+    async fn begin_snapshot(&self) -> Result<DatabaseTransaction> {
+        Ok(if self.is_postgres() {
+            self.read
+                .begin_with_config(
+                    Some(sea_orm::IsolationLevel::RepeatableRead),
+                    Some(sea_orm::AccessMode::ReadOnly),
+                )
+                .await?
+        } else {
+            self.read.begin().await?
+        })
     }
 
     /// Sends every task matching `filter` after `after` to `out`, in list order, from one
@@ -117,16 +137,7 @@ impl Store {
         out: &tokio::sync::mpsc::Sender<Task>,
     ) -> Result<()> {
         const EXPORT_PAGE: u64 = 500;
-        let txn = if self.is_postgres() {
-            self.read
-                .begin_with_config(
-                    Some(sea_orm::IsolationLevel::RepeatableRead),
-                    Some(sea_orm::AccessMode::ReadOnly),
-                )
-                .await?
-        } else {
-            self.read.begin().await?
-        };
+        let txn = self.begin_snapshot().await?;
         loop {
             let rows = page_select(scope, filter, after.as_ref())
                 .limit(EXPORT_PAGE)
@@ -151,57 +162,117 @@ impl Store {
         Ok(())
     }
 
-    /// The exact number of tasks matching `filter`.
-    pub async fn count_tasks(&self, scope: Scope, filter: &TaskFilter) -> Result<u64> {
-        if !filter.is_answered_by_counters() {
-            return Ok(tasks::Entity::find()
-                .filter(filter_condition(scope, filter))
-                .count(&self.read)
-                .await?);
-        }
-        let mut condition = Condition::all()
-            .add(task_counts::Column::AccountId.eq(scope.account_id))
-            .add(task_counts::Column::IsTest.eq(scope.is_test));
-        if let Some(status) = filter.status {
-            condition = condition.add(task_counts::Column::Status.eq(status.as_str()));
-        }
-        if let Some(task_type) = &filter.task_type {
-            condition = condition.add(task_counts::Column::TaskType.eq(task_type.as_str()));
-        }
-        if let Some(project) = &filter.project {
-            condition = condition.add(task_counts::Column::Project.eq(project.as_str()));
-        }
-        if let Some(batch) = &filter.batch {
-            condition = condition.add(task_counts::Column::Batch.eq(batch.as_str()));
-        }
-        self.sum_counts(condition).await
-    }
-
     /// Pending tasks over every account and world (for the queue metrics).
     pub(super) async fn count_all_pending(&self) -> Result<u64> {
-        self.sum_counts(
+        sum_counts::<task_counts::Entity>(
+            &self.read,
             Condition::all().add(task_counts::Column::Status.eq(TaskStatus::Pending.as_str())),
         )
         .await
     }
+}
 
-    async fn sum_counts(&self, condition: Condition) -> Result<u64> {
-        let total: Option<Option<i64>> = task_counts::Entity::find()
-            .select_only()
-            .column_as(counter_sum(), "total")
-            .filter(condition)
-            .into_tuple()
-            .one(&self.read)
-            .await?;
-        Ok(total.flatten().unwrap_or(0).max(0).unsigned_abs())
+/// The exact number of tasks matching `filter`: from the counters when they answer it (every
+/// filter but tags, unique_ids, review statuses and completed/updated windows), else by
+/// counting rows. A creation window sums the hourly counters over its whole hours and counts
+/// only the partial hours at its edges row by row.
+async fn count_tasks(db: &impl ConnectionTrait, scope: Scope, filter: &TaskFilter) -> Result<u64> {
+    let unwindowed = TaskFilter {
+        created: TimeRange::default(),
+        ..filter.clone()
+    };
+    if !unwindowed.is_answered_by_counters() {
+        return count_rows(db, scope, filter).await;
     }
+    if filter.created.is_open() {
+        return sum_counts::<task_counts::Entity>(db, counter_condition(scope, filter)).await;
+    }
+    let from = filter.created.from.map(Timestamp::millis);
+    let to = filter.created.to.map(Timestamp::millis);
+    let first_whole = from
+        .map(|from| from.div_euclid(HOUR_MILLIS) + i64::from(from.rem_euclid(HOUR_MILLIS) != 0));
+    let end_whole = to.map(|to| (to + 1).div_euclid(HOUR_MILLIS));
+    if let (Some(first), Some(end)) = (first_whole, end_whole) {
+        if first >= end {
+            return count_rows(db, scope, filter).await;
+        }
+    }
+    let mut condition = counter_condition(scope, filter);
+    if let Some(first) = first_whole {
+        condition = condition.add(task_hour_counts::Column::CreatedHour.gte(first));
+    }
+    if let Some(end) = end_whole {
+        condition = condition.add(task_hour_counts::Column::CreatedHour.lt(end));
+    }
+    let mut total = sum_counts::<task_hour_counts::Entity>(db, condition).await?;
+    let edge = |from: i64, to: i64| TaskFilter {
+        created: TimeRange {
+            from: Some(Timestamp::from_millis(from)),
+            to: Some(Timestamp::from_millis(to)),
+        },
+        ..filter.clone()
+    };
+    if let (Some(from), Some(first)) = (from, first_whole) {
+        total += count_rows(db, scope, &edge(from, first * HOUR_MILLIS - 1)).await?;
+    }
+    if let (Some(to), Some(end)) = (to, end_whole) {
+        total += count_rows(db, scope, &edge(end * HOUR_MILLIS, to)).await?;
+    }
+    Ok(total)
+}
+
+async fn count_rows(db: &impl ConnectionTrait, scope: Scope, filter: &TaskFilter) -> Result<u64> {
+    if let (Some(from), Some(to)) = (filter.created.from, filter.created.to) {
+        if from > to {
+            return Ok(0);
+        }
+    }
+    Ok(tasks::Entity::find()
+        .filter(filter_condition(scope, filter))
+        .count(db)
+        .await?)
+}
+
+async fn sum_counts<E: EntityTrait>(
+    db: &impl ConnectionTrait,
+    condition: Condition,
+) -> Result<u64> {
+    let total: Option<Option<i64>> = E::find()
+        .select_only()
+        .column_as(counter_sum(), "total")
+        .filter(condition)
+        .into_tuple()
+        .one(db)
+        .await?;
+    Ok(total.flatten().unwrap_or(0).max(0).unsigned_abs())
+}
+
+/// The counter rows matching `filter`'s dimensions; both counter tables name them alike.
+fn counter_condition(scope: Scope, filter: &TaskFilter) -> Condition {
+    let column = |name: &str| Expr::col(Alias::new(name));
+    let mut condition = Condition::all()
+        .add(column("account_id").eq(scope.account_id))
+        .add(column("is_test").eq(scope.is_test));
+    if let Some(status) = filter.status {
+        condition = condition.add(column("status").eq(status.as_str()));
+    }
+    if let Some(task_type) = &filter.task_type {
+        condition = condition.add(column("task_type").eq(task_type.as_str()));
+    }
+    if let Some(project) = &filter.project {
+        condition = condition.add(column("project").eq(project.as_str()));
+    }
+    if let Some(batch) = &filter.batch {
+        condition = condition.add(column("batch").eq(batch.as_str()));
+    }
+    condition
 }
 
 /// `SUM(total)` over counter rows, as a bigint: PostgreSQL's SUM(bigint) is numeric, so it
 /// is cast back for both backends to decode an i64.
 pub(super) fn counter_sum() -> SimpleExpr {
     Func::cast_as(
-        Func::sum(Expr::col(task_counts::Column::Total)),
+        Func::sum(Expr::col(Alias::new("total"))),
         Alias::new("bigint"),
     )
     .into()
@@ -311,7 +382,8 @@ pub(super) async fn insert_tasks_in(
             .await?;
     }
     // One upsert per counter row, in key order.
-    let mut counts = std::collections::BTreeMap::new();
+    let mut totals = std::collections::BTreeMap::new();
+    let mut hours = std::collections::BTreeMap::new();
     for (task, _) in created() {
         let (project, batch, task_type, status) = count_key(task);
         let key = (
@@ -322,10 +394,17 @@ pub(super) async fn insert_tasks_in(
             task_type,
             status.as_str(),
         );
-        counts.entry(key).or_insert((task, 0_i64)).1 += 1;
+        hours
+            .entry((created_hour(task.created_at), key.clone()))
+            .or_insert((task, 0_i64))
+            .1 += 1;
+        totals.entry(key).or_insert((task, 0_i64)).1 += 1;
     }
-    for (task, delta) in counts.into_values() {
-        adjust_count(txn, task, delta).await?;
+    for (task, delta) in totals.into_values() {
+        adjust_total(txn, task, delta).await?;
+    }
+    for (task, delta) in hours.into_values() {
+        adjust_hour(txn, task, delta).await?;
     }
     for (_, callback) in created() {
         if let Some(callback) = callback {
@@ -505,7 +584,13 @@ fn count_key(task: &Task) -> (String, String, String, TaskStatus) {
     )
 }
 
+/// Moves `task` in or out of its counters (`delta` tasks): the totals, and its creation hour's.
 async fn adjust_count(txn: &impl ConnectionTrait, task: &Task, delta: i64) -> Result<()> {
+    adjust_total(txn, task, delta).await?;
+    adjust_hour(txn, task, delta).await
+}
+
+async fn adjust_total(txn: &impl ConnectionTrait, task: &Task, delta: i64) -> Result<()> {
     let (project, batch, task_type, status) = count_key(task);
     let row = task_counts::ActiveModel {
         account_id: Set(task.scope.account_id),
@@ -535,6 +620,46 @@ async fn adjust_count(txn: &impl ConnectionTrait, task: &Task, delta: i64) -> Re
         .exec_without_returning(txn)
         .await?;
     Ok(())
+}
+
+async fn adjust_hour(txn: &impl ConnectionTrait, task: &Task, delta: i64) -> Result<()> {
+    let (project, batch, task_type, status) = count_key(task);
+    let row = task_hour_counts::ActiveModel {
+        account_id: Set(task.scope.account_id),
+        is_test: Set(task.scope.is_test),
+        created_hour: Set(created_hour(task.created_at)),
+        project: Set(project),
+        batch: Set(batch),
+        task_type: Set(task_type),
+        status: Set(status.as_str().to_owned()),
+        total: Set(delta),
+    };
+    task_hour_counts::Entity::insert(row)
+        .on_conflict(
+            OnConflict::columns([
+                task_hour_counts::Column::AccountId,
+                task_hour_counts::Column::IsTest,
+                task_hour_counts::Column::CreatedHour,
+                task_hour_counts::Column::Project,
+                task_hour_counts::Column::Batch,
+                task_hour_counts::Column::TaskType,
+                task_hour_counts::Column::Status,
+            ])
+            .value(
+                task_hour_counts::Column::Total,
+                Expr::col((task_hour_counts::Entity, task_hour_counts::Column::Total)).add(delta),
+            )
+            .to_owned(),
+        )
+        .exec_without_returning(txn)
+        .await?;
+    Ok(())
+}
+
+const HOUR_MILLIS: i64 = 3_600_000;
+
+fn created_hour(at: Timestamp) -> i64 {
+    at.millis().div_euclid(HOUR_MILLIS)
 }
 
 pub(super) fn to_json_text<T: serde::Serialize>(value: &T) -> Result<String> {

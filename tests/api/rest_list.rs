@@ -508,6 +508,113 @@ async fn created_time_filters_are_inclusive_and_take_every_documented_format(app
     }
 }
 
+/// Window totals come from hourly counters plus row counts of the partial hours at the edges:
+/// every combination must equal what the rows say, and follow status changes.
+async fn creation_window_totals_match_the_rows_whatever_the_edges(app: TestApp) {
+    let tasks = create_many(&app, 12).await;
+    for task in tasks.iter().take(4) {
+        let id = task_id(task);
+        let (status, _) = app.post(&format!("/v1/task/{id}/cancel"), &json!({})).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let first_created = tasks
+        .iter()
+        .map(|task| task["created_at"].as_str().unwrap().to_owned())
+        .min()
+        .unwrap();
+    let windows: [(&str, &str); 6] = [
+        // Whole hours only, edges empty.
+        ("2020-01-01T00:30:00Z", "2999-12-31T23:10:00Z"),
+        // Hour-aligned bounds.
+        ("2020-01-01T00:00:00Z", "2999-12-31T23:59:59.999Z"),
+        // The lower edge cuts this hour: counted row by row.
+        (&first_created, "2999-12-31T23:10:00Z"),
+        // Within one hour.
+        (&first_created, &first_created),
+        // Before everything.
+        ("2020-01-01T00:30:00Z", "2020-01-02T00:00:00Z"),
+        // Empty (from after to).
+        ("2999-01-01T00:00:00Z", "2020-01-01T00:00:00Z"),
+    ];
+    for (from, to) in windows {
+        for status in [None, Some("pending"), Some("canceled")] {
+            let mut pairs = vec![("start_time", from), ("end_time", to)];
+            if let Some(status) = status {
+                pairs.push(("status", status));
+            }
+            let rows: u64 = all_pages(&app, &pairs)
+                .await
+                .iter()
+                .map(|page| ids(page).len() as u64)
+                .sum();
+            assert_eq!(
+                total(&app, &pairs).await,
+                rows,
+                "window {from} .. {to}, status {status:?}"
+            );
+        }
+    }
+    assert_eq!(
+        total(
+            &app,
+            &[
+                ("start_time", "2020-01-01T00:30:00Z"),
+                ("status", "canceled")
+            ]
+        )
+        .await,
+        4
+    );
+    assert_eq!(
+        total(
+            &app,
+            &[("end_time", "2999-12-31T23:10:00Z"), ("status", "pending")]
+        )
+        .await,
+        8
+    );
+}
+
+/// A page and its total come from one snapshot: while tasks are being created, a last page
+/// (no `has_more`) always holds exactly `total` tasks.
+async fn a_page_and_its_total_agree_under_concurrent_creates(app: TestApp) {
+    let writer = {
+        let app_url = app.base_url.clone();
+        let key = app.api_key.clone();
+        let http = app.http.clone();
+        tokio::spawn(async move {
+            for round in 0..12 {
+                let creates = (0..8).map(|n| {
+                    http.post(format!("{app_url}/v1/task/imageannotation"))
+                        .basic_auth(&key, Some(""))
+                        .json(&json!({
+                            "instruction": "Box", "attachment": format!("https://e.com/{round}-{n}.png"),
+                            "geometries": {"box": {"objects_to_annotate": ["car"]}},
+                        }))
+                        .send()
+                });
+                for answer in futures::future::join_all(creates).await {
+                    assert!(answer.expect("create sent").status().is_success());
+                }
+            }
+        })
+    };
+    let mut checked = 0;
+    while !writer.is_finished() {
+        let page = list(&app, &[("limit", "100")]).await;
+        if page["has_more"] == json!(false) {
+            assert_eq!(
+                ids(&page).len() as u64,
+                page["total"].as_u64().unwrap(),
+                "{page}"
+            );
+            checked += 1;
+        }
+    }
+    writer.await.expect("writer");
+    assert!(checked > 5, "only {checked} pages checked");
+}
+
 async fn time_offsets_and_naive_times_mean_the_same_instant(app: TestApp) {
     let task = create(&app, json!({})).await;
     let created = chrono::DateTime::parse_from_rfc3339(task["created_at"].as_str().unwrap())
@@ -682,6 +789,8 @@ async fn another_accounts_tasks_are_never_listed(app: TestApp) {
 }
 
 backend_tests!(
+    a_page_and_its_total_agree_under_concurrent_creates,
+    creation_window_totals_match_the_rows_whatever_the_edges,
     an_empty_account_lists_an_empty_page,
     the_default_page_holds_100_tasks,
     limit_must_be_between_1_and_100,
