@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod admin;
 mod bulk;
 mod callbacks;
 mod grpc;
