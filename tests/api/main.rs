@@ -6,6 +6,7 @@ mod helpers;
 mod admin;
 mod bulk;
 mod callbacks;
+mod crash_cycles;
 mod grpc;
 mod grpc_web;
 mod hostile;
