@@ -95,7 +95,11 @@ impl Store {
         fetch: u64,
     ) -> Result<(Vec<Task>, u64)> {
         let txn = self.begin_snapshot().await?;
+        let candidates = rare_tag_candidates(&txn, scope, filter).await?;
         let mut select = page_select(scope, filter, after);
+        if let Some(ids) = &candidates {
+            select = select.filter(tasks::Column::TaskId.is_in(ids.iter().cloned()));
+        }
         if offset > 0 {
             select = select.offset(offset);
         }
@@ -106,7 +110,16 @@ impl Store {
             .into_iter()
             .map(from_model)
             .collect::<Result<Vec<_>>>()?;
-        let total = count_tasks(&txn, scope, filter).await?;
+        let total = match &candidates {
+            Some(ids) => {
+                tasks::Entity::find()
+                    .filter(filter_condition(scope, filter))
+                    .filter(tasks::Column::TaskId.is_in(ids.iter().cloned()))
+                    .count(&txn)
+                    .await?
+            }
+            None => count_tasks(&txn, scope, filter).await?,
+        };
         txn.commit().await?;
         Ok((docs, total))
     }
@@ -219,6 +232,42 @@ async fn count_tasks(db: &impl ConnectionTrait, scope: Scope, filter: &TaskFilte
         total += count_rows(db, scope, &edge(end * HOUR_MILLIS, to)).await?;
     }
     Ok(total)
+}
+
+/// Tasks carrying a tag this rare are looked up by their tag rows, not found by walking the
+/// list index (which, for a rare tag, means scanning past every newer task).
+const RARE_TAG_ROWS: u64 = 5_000;
+
+/// For a filter with tags: the ids of the tasks carrying its rarest tag, when there are at most
+/// [`RARE_TAG_ROWS`] of them (counted through the covering tag index); `None` otherwise.
+async fn rare_tag_candidates(
+    db: &impl ConnectionTrait,
+    scope: Scope,
+    filter: &TaskFilter,
+) -> Result<Option<Vec<String>>> {
+    let tag_rows = |tag: &str| {
+        task_tags::Entity::find()
+            .filter(task_tags::Column::AccountId.eq(scope.account_id))
+            .filter(task_tags::Column::IsTest.eq(scope.is_test))
+            .filter(task_tags::Column::Tag.eq(tag.to_owned()))
+    };
+    let mut rarest: Option<(u64, &str)> = None;
+    for tag in &filter.tags {
+        let rows = tag_rows(tag).count(db).await?;
+        if rarest.is_none_or(|(fewest, _)| rows < fewest) {
+            rarest = Some((rows, tag));
+        }
+    }
+    let Some((_, tag)) = rarest.filter(|(rows, _)| *rows <= RARE_TAG_ROWS) else {
+        return Ok(None);
+    };
+    let ids: Vec<String> = tag_rows(tag)
+        .select_only()
+        .column(task_tags::Column::TaskId)
+        .into_tuple()
+        .all(db)
+        .await?;
+    Ok(Some(ids))
 }
 
 async fn count_rows(db: &impl ConnectionTrait, scope: Scope, filter: &TaskFilter) -> Result<u64> {

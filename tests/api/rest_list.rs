@@ -615,6 +615,55 @@ async fn a_page_and_its_total_agree_under_concurrent_creates(app: TestApp) {
     assert!(checked > 5, "only {checked} pages checked");
 }
 
+/// Rare tags (up to 5,000 tasks) are looked up through their tag rows, common ones by walking
+/// the list; both must give the same pages and totals.
+async fn rare_and_common_tags_page_and_count_alike(app: TestApp) {
+    const COMMON: usize = 5_100;
+    let body: String = (0..COMMON)
+        .map(|n| {
+            let mut tags = vec!["common".to_owned()];
+            if n % 170 == 0 {
+                tags.push("rare".to_owned());
+            }
+            json!({"type": "imageannotation", "instruction": "Box",
+                   "attachment": format!("https://e.com/{n}.png"),
+                   "geometries": {"box": {"objects_to_annotate": ["car"]}},
+                   "tags": tags})
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    let response = app
+        .request(reqwest::Method::POST, "/v1/tasks/import")
+        .body(body)
+        .send()
+        .await
+        .expect("import");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.text().await.unwrap().contains(r#""created":5100"#));
+    let first = ok(app.get("/v1/tasks?tags=rare&limit=1").await);
+    let rare_id = ids(&first)[0].clone();
+    let (status, _) = app
+        .post(&format!("/v1/task/{rare_id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    for (pairs, expected) in [
+        (vec![("tags", "common")], COMMON),
+        (vec![("tags", "rare")], 30),
+        (vec![("tags", "common"), ("tags", "rare")], 30),
+        (vec![("tags", "rare"), ("status", "pending")], 29),
+        (vec![("tags", "common"), ("status", "canceled")], 1),
+        (vec![("tags", "rare"), ("tags", "missing")], 0),
+    ] {
+        assert_eq!(total(&app, &pairs).await, expected as u64, "{pairs:?}");
+        let mut paged = pairs.clone();
+        paged.push(("limit", "100"));
+        let listed: Vec<String> = all_pages(&app, &paged).await.iter().flat_map(ids).collect();
+        assert_eq!(listed.len(), expected, "{pairs:?}");
+    }
+}
+
 async fn time_offsets_and_naive_times_mean_the_same_instant(app: TestApp) {
     let task = create(&app, json!({})).await;
     let created = chrono::DateTime::parse_from_rfc3339(task["created_at"].as_str().unwrap())
@@ -789,6 +838,7 @@ async fn another_accounts_tasks_are_never_listed(app: TestApp) {
 }
 
 backend_tests!(
+    rare_and_common_tags_page_and_count_alike,
     a_page_and_its_total_agree_under_concurrent_creates,
     creation_window_totals_match_the_rows_whatever_the_edges,
     an_empty_account_lists_an_empty_page,
