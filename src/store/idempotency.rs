@@ -244,16 +244,18 @@ impl Store {
         if !records.is_empty() {
             // The keys are locked (PostgreSQL) or the writer is alone (SQLite): no one else
             // can have stored one since the look-up above.
-            idempotency_keys::Entity::insert_many(records)
-                .exec_without_returning(&txn)
-                .await
-                .map_err(|err| {
-                    if is_unique_violation(&err) {
-                        Error::IdempotencyInFlight
-                    } else {
-                        err.into()
-                    }
-                })?;
+            for chunk in super::tasks::statement_sized_chunks(&records, 64) {
+                idempotency_keys::Entity::insert_many(chunk.to_vec())
+                    .exec_without_returning(&txn)
+                    .await
+                    .map_err(|err| {
+                        if is_unique_violation(&err) {
+                            Error::IdempotencyInFlight
+                        } else {
+                            err.into()
+                        }
+                    })?;
+            }
         }
         txn.commit().await?;
         Ok(answers
