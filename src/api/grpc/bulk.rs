@@ -5,8 +5,6 @@ use std::pin::Pin;
 
 use futures_util::{Stream, StreamExt};
 use prost::Message;
-use tokio::sync::{mpsc, oneshot};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{
@@ -17,12 +15,13 @@ use super::{
     GrpcApi,
 };
 use crate::{
-    api::spool::{spool, SpoolReader, SpoolWriter},
+    api::{
+        bulk::{self, Export, ImportAnswer},
+        spool::{SpoolReader, SpoolWriter},
+    },
     error::{Error, Result},
     proto,
-    service::{
-        ImportFingerprint, ImportItem, ImportLine, ImportOutcome, ImportSummary, IMPORT_CHUNK,
-    },
+    service::{ImportItem, ImportLine, ImportOutcome, ImportSummary},
 };
 
 pub type ImportStream =
@@ -41,57 +40,31 @@ impl GrpcApi {
         let caller = self.caller(&request).await?;
         let idempotency_key = idempotency_key(&request)?;
         let items = import_items(request.into_inner());
-        let service = self.service.clone();
-        if let Some(key) = &idempotency_key {
-            if let Some(stored) = service.stored_import(caller, key).await? {
-                let mut fingerprint = ImportFingerprint::default();
-                let mut items = std::pin::pin!(items);
-                while let Some(item) = items.next().await {
-                    fingerprint.add(&item?);
-                }
-                let summary = service.replay_import(caller, stored, fingerprint)?;
+        let last = |outcome: Result<ImportSummary>| match outcome {
+            Ok(summary) => record(ANSWER, &summary_message(&summary).encode_to_vec()),
+            Err(err) => serde_json::to_vec(&err)
+                .map(|json| record(FAILURE, &json))
+                .unwrap_or_else(|_| vec![FAILURE]),
+        };
+        let answer = bulk::import(
+            self.service.clone(),
+            caller,
+            idempotency_key,
+            items,
+            write_lines,
+            last,
+        )
+        .await?;
+        match answer {
+            ImportAnswer::Replayed(summary) => {
                 let answer = Ok(summary_message(&summary));
                 let mut response =
                     Response::new(Box::pin(futures_util::stream::iter([answer])) as ImportStream);
                 mark_replayed(response.metadata_mut());
-                return Ok(response);
+                Ok(response)
             }
+            ImportAnswer::Spooled(reader) => Ok(Response::new(Box::pin(spooled_answers(reader)))),
         }
-
-        let (mut writer, reader) = spool().map_err(|err| {
-            tracing::error!(error = %err, "creating an import spool failed");
-            Status::from(Error::Internal)
-        })?;
-        let (sender, receiver) = mpsc::channel(IMPORT_CHUNK * 2);
-        tokio::spawn(async move {
-            let mut items = std::pin::pin!(items);
-            while let Some(item) = items.next().await {
-                if sender.send(item).await.is_err() {
-                    break;
-                }
-            }
-        });
-        tokio::spawn(async move {
-            let mut emit = |lines: Vec<ImportLine>| write_lines(&mut writer, &lines);
-            let outcome = service
-                .import_tasks(
-                    caller,
-                    idempotency_key.as_deref(),
-                    ReceiverStream::new(receiver),
-                    &mut emit,
-                )
-                .await;
-            let last = match outcome {
-                Ok(summary) => record(ANSWER, &summary_message(&summary).encode_to_vec()),
-                Err(err) => serde_json::to_vec(&err)
-                    .map(|json| record(FAILURE, &json))
-                    .unwrap_or_else(|_| vec![FAILURE]),
-            };
-            if let Err(err) = writer.push(&last).and_then(|()| writer.finish()) {
-                tracing::warn!(error = %err, "finishing an import's answer failed");
-            }
-        });
-        Ok(Response::new(Box::pin(spooled_answers(reader))))
     }
 
     pub(super) async fn export(
@@ -117,23 +90,13 @@ impl GrpcApi {
             customer_review_status: request.customer_review_status,
             ..Default::default()
         })?;
-        let service = self.service.clone();
-        let (sender, receiver) = mpsc::channel(256);
-        let (error_sender, mut error) = oneshot::channel();
-        tokio::spawn(async move {
-            if let Err(err) = service.export_tasks(caller, query, sender.clone()).await {
-                // Sent before `sender` drops, so the stream finds it when the tasks end.
-                let _ = error_sender.send(err);
-            }
-            drop(sender);
-        });
-        let mut tasks = ReceiverStream::new(receiver);
-        let Some(first) = tasks.next().await else {
-            // A bad filter or token is the call's status, not a message.
-            return match error.try_recv() {
-                Ok(err) => Err(err.into()),
-                Err(_) => Ok(Response::new(Box::pin(futures_util::stream::empty()))),
-            };
+        let Some(Export {
+            first,
+            rest: tasks,
+            failure: error,
+        }) = bulk::export(self.service.clone(), caller, query).await?
+        else {
+            return Ok(Response::new(Box::pin(futures_util::stream::empty())));
         };
         let tasks = futures_util::stream::iter([first])
             .chain(tasks)

@@ -10,8 +10,6 @@ use axum::{
 };
 use futures_util::{Stream, StreamExt};
 use serde_json::{json, Map, Value};
-use tokio::sync::{mpsc, oneshot};
-use tokio_stream::wrappers::ReceiverStream;
 
 use super::{
     error::http_status,
@@ -21,11 +19,12 @@ use super::{
     AppState,
 };
 use crate::{
-    api::spool::{spool, SpoolReader, SpoolWriter},
-    error::{Error, Result},
-    service::{
-        ImportFingerprint, ImportItem, ImportLine, ImportOutcome, ImportSummary, IMPORT_CHUNK,
+    api::{
+        bulk::{self, Export, ImportAnswer},
+        spool::{SpoolReader, SpoolWriter},
     },
+    error::{Error, Result},
+    service::{ImportItem, ImportLine, ImportOutcome, ImportSummary},
 };
 
 const NDJSON: &str = "application/x-ndjson";
@@ -44,57 +43,20 @@ async fn import_tasks(
 ) -> Result<Response> {
     let max_line = service.limits().max_body_bytes;
     let items = ndjson_items(body, max_line);
-    if let Some(key) = &idempotency_key {
-        if let Some(stored) = service.stored_import(caller, key).await? {
-            // A repeat: read the whole body to be sure it is the same import, create nothing.
-            let mut fingerprint = ImportFingerprint::default();
-            let mut items = std::pin::pin!(items);
-            while let Some(item) = items.next().await {
-                fingerprint.add(&item?);
-            }
-            let summary = service.replay_import(caller, stored, fingerprint)?;
+    let last = |outcome: Result<ImportSummary>| match outcome {
+        Ok(summary) => summary_line(&summary).into_bytes(),
+        Err(err) => (error_json(&err).to_string() + "\n").into_bytes(),
+    };
+    match bulk::import(service, caller, idempotency_key, items, write_lines, last).await? {
+        ImportAnswer::Replayed(summary) => {
             let mut response = ndjson_response(Body::from(summary_line(&summary)));
             response
                 .headers_mut()
                 .insert("idempotent-replayed", HeaderValue::from_static("true"));
-            return Ok(response);
+            Ok(response)
         }
+        ImportAnswer::Spooled(reader) => Ok(ndjson_response(spooled_body(reader))),
     }
-
-    let (mut writer, reader) = spool().map_err(|err| {
-        tracing::error!(error = %err, "creating an import spool failed");
-        Error::Internal
-    })?;
-    // Reading and parsing the upload runs ahead of the inserts, a bounded distance.
-    let (sender, receiver) = mpsc::channel(IMPORT_CHUNK * 2);
-    tokio::spawn(async move {
-        let mut items = std::pin::pin!(items);
-        while let Some(item) = items.next().await {
-            if sender.send(item).await.is_err() {
-                break;
-            }
-        }
-    });
-    tokio::spawn(async move {
-        let mut emit = |lines: Vec<ImportLine>| write_lines(&mut writer, &lines);
-        let outcome = service
-            .import_tasks(
-                caller,
-                idempotency_key.as_deref(),
-                ReceiverStream::new(receiver),
-                &mut emit,
-            )
-            .await;
-        let last = match outcome {
-            Ok(summary) => summary_line(&summary),
-            // Everything answered above is committed; the summary's absence says the rest is not.
-            Err(err) => error_json(&err).to_string() + "\n",
-        };
-        if let Err(err) = writer.push(last.as_bytes()).and_then(|()| writer.finish()) {
-            tracing::warn!(error = %err, "finishing an import's answer failed");
-        }
-    });
-    Ok(ndjson_response(spooled_body(reader)))
 }
 
 /// The upload as import items: one per non-blank line, numbered from 1. A line that is not a
@@ -301,22 +263,13 @@ async fn export_tasks(
     RawQuery(query): RawQuery,
 ) -> Result<Response> {
     let query = parse_list_query(query.as_deref().unwrap_or(""))?;
-    let (sender, receiver) = mpsc::channel(256);
-    let (error_sender, mut error) = oneshot::channel();
-    tokio::spawn(async move {
-        if let Err(err) = service.export_tasks(caller, query, sender.clone()).await {
-            // Sent before `sender` drops, so the reader finds it when the tasks end.
-            let _ = error_sender.send(err);
-        }
-        drop(sender);
-    });
-    let mut tasks = ReceiverStream::new(receiver);
-    let Some(first) = tasks.next().await else {
-        // Nothing exported: a bad filter or token answers with its own status.
-        return match error.try_recv() {
-            Ok(err) => Err(err),
-            Err(_) => Ok(ndjson_response(Body::empty())),
-        };
+    let Some(Export {
+        first,
+        rest: tasks,
+        failure: error,
+    }) = bulk::export(service, caller, query).await?
+    else {
+        return Ok(ndjson_response(Body::empty()));
     };
     let lines = futures_util::stream::iter([first])
         .chain(tasks)
