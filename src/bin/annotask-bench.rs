@@ -679,16 +679,7 @@ async fn bench_database(
         None,
         move |w, n| {
             let (s, id) = (s.clone(), i[(w * 7 + n as usize) % i.len()].clone());
-            async move {
-                match n % 10 {
-                    0 => s
-                        .post("/v1/task/imageannotation", &image_task(n), None)
-                        .await
-                        .map(drop),
-                    1 | 2 => s.get("/v1/tasks?limit=100").await.map(drop),
-                    _ => s.get(&format!("/v1/task/{id}")).await.map(drop),
-                }
-            }
+            async move { mixed_request(&s, &id, n).await }
         }
     );
     let clients = Arc::new(server.grpc(4).await?);
@@ -794,6 +785,18 @@ async fn bench_database(
     Ok((table, errors))
 }
 
+/// One request of the mixed load: 70% get, 20% list (first page of 100), 10% create.
+async fn mixed_request(server: &Server, id: &str, n: u64) -> Result<(), BoxError> {
+    match n % 10 {
+        0 => server
+            .post("/v1/task/imageannotation", &image_task(n), None)
+            .await
+            .map(drop),
+        1 | 2 => server.get("/v1/tasks?limit=100").await.map(drop),
+        _ => server.get(&format!("/v1/task/{id}")).await.map(drop),
+    }
+}
+
 /// `--soak`: the mixed load from 256 connections (one per worker), RSS sampled ten times.
 async fn soak(args: &Args, server: &Arc<Server>, ids: &Arc<Vec<String>>) -> String {
     const CONNECTIONS: usize = 256;
@@ -811,16 +814,7 @@ async fn soak(args: &Args, server: &Arc<Server>, ids: &Arc<Vec<String>>) -> Stri
         let (s, i) = (server.clone(), ids.clone());
         tokio::spawn(run(CONNECTIONS, Duration::ZERO, args.soak, move |w, n| {
             let (s, id) = (s.clone(), i[(w * 7 + n as usize) % i.len()].clone());
-            async move {
-                match n % 10 {
-                    0 => s
-                        .post("/v1/task/imageannotation", &image_task(n), None)
-                        .await
-                        .map(drop),
-                    1 | 2 => s.get("/v1/tasks?limit=100").await.map(drop),
-                    _ => s.get(&format!("/v1/task/{id}")).await.map(drop),
-                }
-            }
+            async move { mixed_request(&s, &id, n).await }
         }))
     };
     for _ in 0..10 {
