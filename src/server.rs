@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tonic_web::GrpcWebLayer;
 use tower_http::{
     cors::{AllowHeaders, Any, CorsLayer},
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     trace::TraceLayer,
 };
 
@@ -50,6 +51,8 @@ impl App {
     }
 
     pub async fn router(&self) -> Result<Router, BoxError> {
+        // Installed before the first request, not at the first scrape, so none goes uncounted.
+        telemetry::prometheus();
         let max_body = self.config.limits.max_body_bytes;
         let api = grpc::GrpcApi::new(self.service.clone());
         let tasks = TaskServiceServer::new(api.clone()).max_decoding_message_size(max_body);
@@ -115,6 +118,7 @@ impl App {
                 HeaderName::from_static("grpc-status-details-bin"),
                 HeaderName::from_static("idempotent-replayed"),
                 header::RETRY_AFTER,
+                telemetry::REQUEST_ID,
             ]);
 
         Ok(grpc
@@ -122,7 +126,15 @@ impl App {
             .nest("/v1", v1)
             .fallback(rest::not_found)
             .layer(middleware::from_fn(telemetry::record_request))
-            .layer(TraceLayer::new_for_http())
+            // Outermost last: the id is checked, then made if missing, before the trace span
+            // that carries it opens; the answer (REST, gRPC metadata, grpc-web) echoes it.
+            .layer(PropagateRequestIdLayer::new(telemetry::REQUEST_ID))
+            .layer(TraceLayer::new_for_http().make_span_with(telemetry::request_span))
+            .layer(SetRequestIdLayer::new(
+                telemetry::REQUEST_ID,
+                MakeRequestUuid,
+            ))
+            .layer(middleware::map_request(telemetry::drop_unusable_request_id))
             .layer(cors))
     }
 

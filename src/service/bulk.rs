@@ -9,7 +9,11 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use super::{
-    auth::require_admin, idempotency::canonical, projects::Placement, tasks::check_filter, Service,
+    auth::require_admin,
+    idempotency::{canonical, count_refusal, count_replay, IMPORT_TASKS},
+    projects::Placement,
+    tasks::check_filter,
+    Service,
 };
 use crate::{
     domain::{Caller, ListQuery, NewDelivery, PageToken, Scope, Task, TaskId, Timestamp},
@@ -101,6 +105,12 @@ impl ImportFingerprint {
     }
 }
 
+/// Counts an import's key refusal on `/metrics`, and passes the error on.
+fn refused(err: Error) -> Error {
+    count_refusal(IMPORT_TASKS, &err);
+    err
+}
+
 /// An earlier import's record under an `Idempotency-Key`.
 pub struct StoredImport(IdempotencyRecord);
 
@@ -125,20 +135,22 @@ impl Service {
     ) -> Result<ImportSummary> {
         let record = stored.0;
         if record.scope != caller.scope {
-            return Err(Error::IdempotencyConflict(
+            return Err(refused(Error::IdempotencyConflict(
                 "This Idempotency-Key has already been used by another account or API key world."
                     .to_owned(),
-            ));
+            )));
         }
         if record.fingerprint != fingerprint.finish() {
-            return Err(Error::IdempotencyConflict(
+            return Err(refused(Error::IdempotencyConflict(
                 "This Idempotency-Key has already been used with a different import.".to_owned(),
-            ));
+            )));
         }
-        serde_json::from_str(&record.outcome).map_err(|err| {
+        let summary = serde_json::from_str(&record.outcome).map_err(|err| {
             tracing::error!(error = %err, "stored import summary is unreadable");
             Error::Internal
-        })
+        })?;
+        count_replay(IMPORT_TASKS);
+        Ok(summary)
     }
 
     /// Creates a task for every valid item, [`IMPORT_CHUNK`] lines per transaction, and hands
@@ -157,7 +169,7 @@ impl Service {
         let _in_flight = match idempotency_key {
             Some(key) => {
                 self.check_idempotency_key(key)?;
-                Some(self.in_flight.claim(key)?)
+                Some(self.in_flight.claim(key).map_err(refused)?)
             }
             None => None,
         };

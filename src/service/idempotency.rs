@@ -18,6 +18,31 @@ use crate::{
 /// How many expired keys one sweep statement deletes, so a sweep never holds long locks.
 const SWEEP_BATCH: u64 = 1000;
 
+/// The `operation` label of the idempotency counters.
+pub(super) const CREATE_TASK: &str = "create_task";
+pub(super) const IMPORT_TASKS: &str = "import_tasks";
+
+/// A stored answer was replayed instead of doing the work again.
+pub(super) fn count_replay(operation: &'static str) {
+    metrics::counter!("annotask_idempotency_replays_total", "operation" => operation).increment(1);
+}
+
+/// Counts a key refused because it names another request, or one still running; other errors
+/// are not about the key.
+pub(super) fn count_refusal(operation: &'static str, err: &Error) {
+    let reason = match err {
+        Error::IdempotencyConflict(_) => "different_request",
+        Error::IdempotencyInFlight => "in_flight",
+        _ => return,
+    };
+    metrics::counter!(
+        "annotask_idempotency_conflicts_total",
+        "operation" => operation,
+        "reason" => reason
+    )
+    .increment(1);
+}
+
 /// Keys whose first request is running in this process.
 #[derive(Default)]
 pub(super) struct InFlightKeys(Mutex<HashSet<String>>);
@@ -65,7 +90,10 @@ impl Service {
     ) -> Result<Created> {
         self.check_idempotency_key(key)?;
         let fingerprint = fingerprint(task_type, &fields);
-        let _in_flight = self.in_flight.claim(key)?;
+        let _in_flight = self
+            .in_flight
+            .claim(key)
+            .inspect_err(|err| count_refusal(CREATE_TASK, err))?;
         let now = Timestamp::now();
         let claim = IdempotencyClaim {
             key: key.to_owned(),
@@ -80,7 +108,11 @@ impl Service {
                 prepared: prepare(fields),
                 claim: Some(claim),
             })
-            .await?;
+            .await
+            .inspect_err(|err| count_refusal(CREATE_TASK, err))?;
+        if replayed {
+            count_replay(CREATE_TASK);
+        }
         if let (Ok(task), false) = (&outcome, replayed) {
             if task.callback_url.is_some() {
                 self.deliveries_waiting.notify_one();

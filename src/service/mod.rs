@@ -83,6 +83,17 @@ impl Service {
         self.store.ping().await
     }
 
+    /// Sets the database pool gauges on `/metrics` (cheap: no query).
+    pub fn record_pool_gauges(&self) {
+        for pool in self.store.pool_stats() {
+            let gauge = |state: &'static str| metrics::gauge!("annotask_db_pool_connections", "pool" => pool.pool, "state" => state);
+            gauge("idle").set(f64::from(pool.idle));
+            gauge("in_use").set(f64::from(pool.in_use));
+            metrics::gauge!("annotask_db_pool_max_connections", "pool" => pool.pool)
+                .set(f64::from(pool.max));
+        }
+    }
+
     /// Closes the database pool (SQLite checkpoints its WAL on close).
     pub async fn close(&self) {
         self.store.clone().close().await;

@@ -42,6 +42,15 @@ pub struct Store {
     separate_readers: bool,
 }
 
+/// How one connection pool is used at a moment, for `/metrics`.
+pub struct PoolStats {
+    /// `write` (every write; on PostgreSQL, reads too) or `read` (SQLite's readers).
+    pub pool: &'static str,
+    pub idle: u32,
+    pub in_use: u32,
+    pub max: u32,
+}
+
 /// Read-only SQLite connections (the writer stays alone).
 const SQLITE_READERS: u32 = 4;
 
@@ -128,6 +137,15 @@ impl Store {
         }
     }
 
+    /// The writer pool, and the separate reader pool if there is one (else `read` is `db`).
+    pub fn pool_stats(&self) -> Vec<PoolStats> {
+        let mut stats = vec![pool_stats("write", &self.db)];
+        if self.separate_readers {
+            stats.push(pool_stats("read", &self.read));
+        }
+        stats
+    }
+
     pub async fn close(self) {
         if self.separate_readers {
             if let Err(err) = self.read.close().await {
@@ -137,5 +155,36 @@ impl Store {
         if let Err(err) = self.db.close().await {
             tracing::warn!(error = %err, "closing the database pool failed");
         }
+    }
+}
+
+fn pool_stats(pool: &'static str, connection: &DatabaseConnection) -> PoolStats {
+    // The pool getters panic on another backend: each is called only for its own.
+    let (size, idle, max) = match connection.get_database_backend() {
+        DbBackend::Postgres => {
+            let sqlx = connection.get_postgres_connection_pool();
+            (
+                sqlx.size(),
+                sqlx.num_idle(),
+                sqlx.options().get_max_connections(),
+            )
+        }
+        DbBackend::Sqlite => {
+            let sqlx = connection.get_sqlite_connection_pool();
+            (
+                sqlx.size(),
+                sqlx.num_idle(),
+                sqlx.options().get_max_connections(),
+            )
+        }
+        DbBackend::MySql => (0, 0, 0),
+    };
+    let idle = u32::try_from(idle).unwrap_or(u32::MAX).min(size);
+    PoolStats {
+        pool,
+        idle,
+        // Size and idle are read one after the other: never report more in use than exist.
+        in_use: size - idle,
+        max,
     }
 }

@@ -1274,7 +1274,7 @@ async fn healthz_and_metrics_answer_without_auth(app: TestApp) {
     let (status, body) = app.send(app.http.get(app.url("/healthz"))).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, json!({"status": "ok"}));
-    // Some traffic first, so there is something to report.
+    let before = crate::smoke::scrape(&app).await;
     create_image(&app, json!({})).await;
     let response = app
         .http
@@ -1292,6 +1292,20 @@ async fn healthz_and_metrics_answer_without_auth(app: TestApp) {
     assert!(content_type.starts_with("text/plain"), "{content_type}");
     let text = response.text().await.expect("metrics body");
     assert!(text.is_ascii(), "{text}");
+    // The one create is counted, with its status, and its latency is in the histogram.
+    let create = [("method", "POST"), ("route", "/v1/task/{segment}")];
+    let grew = |name: &str, labels: &[(&str, &str)]| {
+        crate::smoke::sample(&text, name, labels) - crate::smoke::sample(&before, name, labels)
+    };
+    let counted = [create[0], create[1], ("status", "200")];
+    assert_eq!(
+        grew("annotask_http_requests_total", &counted),
+        1.0,
+        "{text}"
+    );
+    let in_every_bucket = [create[0], create[1], ("le", "+Inf")];
+    let bucket = "annotask_http_request_duration_seconds_bucket";
+    assert_eq!(grew(bucket, &in_every_bucket), 1.0, "{text}");
 }
 
 async fn an_unknown_path_is_a_404_with_a_json_body(app: TestApp) {
