@@ -12,6 +12,7 @@ mod grpc_web;
 mod hostile;
 mod idempotency;
 mod limits;
+mod openapi;
 mod process;
 mod projects_batches;
 mod rest_list;
