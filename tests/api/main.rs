@@ -8,6 +8,7 @@ mod bulk;
 mod callbacks;
 mod crash_cycles;
 mod grpc;
+mod grpc_malformed;
 mod grpc_web;
 mod hostile;
 mod idempotency;

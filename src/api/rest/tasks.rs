@@ -401,3 +401,65 @@ mod tests {
         assert!(parse_list_query("whatever=1&limited_response=True").is_ok());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::parse_list_query;
+    use crate::{
+        domain::{PageToken, TaskId, Timestamp},
+        error::Error,
+    };
+
+    proptest! {
+        /// Any query string either parses or is a 400, never a panic.
+        #[test]
+        fn any_list_query_parses_or_is_invalid(query in ".*") {
+            if let Err(err) = parse_list_query(&query) {
+                prop_assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+            }
+        }
+
+        /// Time filters, tags and tokens in the shapes clients send.
+        #[test]
+        fn time_filters_tags_and_tokens_never_panic(
+            time in "[0-9T:. +Z-]{0,40}",
+            tag in ".{0,20}",
+            token in "[A-Za-z0-9+/=_-]{0,80}",
+        ) {
+            let query: String = form_urlencoded::Serializer::new(String::new())
+                .append_pair("start_time", &time)
+                .append_pair("tags", &tag)
+                .append_pair("next_token", &token)
+                .finish();
+            if let Err(err) = parse_list_query(&query) {
+                prop_assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+            }
+            let _ = PageToken::decode(&token);
+            let _ = Timestamp::parse_filter(&time);
+        }
+
+        /// `next_token` round-trips: what a page hands out, the next request reads back.
+        #[test]
+        fn next_tokens_round_trip(millis in 0i64..253_402_300_799_999, id in "[0-9a-f]{24}") {
+            let token = PageToken {
+                created_at: Timestamp::from_millis(millis),
+                task_id: TaskId::parse(&id).expect("24 hex digits"),
+            };
+            let decoded = PageToken::decode(&token.encode()).expect("decodes");
+            prop_assert_eq!(decoded.created_at, token.created_at);
+            prop_assert_eq!(decoded.task_id.as_str(), id.as_str());
+        }
+
+        /// Task ids: 24 lowercase hex digits parse; nothing panics.
+        #[test]
+        fn task_ids_parse_only_24_hex_digits(text in ".{0,40}") {
+            let parsed = TaskId::parse(&text);
+            let is_hex_id = text.len() == 24 && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            if is_hex_id {
+                prop_assert!(parsed.is_some());
+            }
+        }
+    }
+}
