@@ -101,6 +101,9 @@ impl App {
             .layer(middleware::map_response(
                 grpc::oversized_message_is_resource_exhausted,
             ))
+            .layer(middleware::map_response(
+                grpc::undecodable_message_is_invalid_argument,
+            ))
             .layer(GrpcWebLayer::new())
             // Without this, an unknown REST path would get tonic's gRPC fallback (400).
             .reset_fallback();

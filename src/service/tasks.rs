@@ -222,6 +222,13 @@ impl Service {
             ));
         }
         let offset = query.offset.unwrap_or(0);
+        // SQL binds OFFSET as a signed 64-bit integer.
+        if i64::try_from(offset).is_err() {
+            return Err(Error::invalid(format!(
+                "Parameter 'offset' must be between 0 and {}.",
+                i64::MAX
+            )));
+        }
         let page_size = limit.unsigned_abs();
         let (mut docs, total) = self
             .store

@@ -80,3 +80,27 @@ pub async fn oversized_message_is_resource_exhausted(mut response: Response) -> 
     }
     response
 }
+
+/// tonic answers bytes that are not the method's protobuf message with `INTERNAL`; they are the
+/// caller's bad input: `INVALID_ARGUMENT` (REST's 400). Our own `INTERNAL` says "internal error".
+pub async fn undecodable_message_is_invalid_argument(mut response: Response) -> Response {
+    const INTERNAL: &str = "13";
+    // tonic's message, percent-encoded as grpc-message is on the wire.
+    const DECODE_FAILED: &[u8] = b"failed%20to%20decode%20Protobuf%20message";
+    let headers = response.headers();
+    let undecodable = headers
+        .get("grpc-status")
+        .is_some_and(|status| status == INTERNAL)
+        && headers
+            .get("grpc-message")
+            .is_some_and(|message| message.as_bytes().starts_with(DECODE_FAILED));
+    if undecodable {
+        let invalid_argument = i32::from(tonic::Code::InvalidArgument).to_string();
+        if let Ok(value) = invalid_argument.parse() {
+            response
+                .headers_mut()
+                .insert(HeaderName::from_static("grpc-status"), value);
+        }
+    }
+    response
+}

@@ -3,13 +3,12 @@
 use axum::{
     extract::{RawQuery, State},
     response::Response,
-    routing::{get, post},
-    Router,
 };
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{
     extract::{field_flag, field_text, ok, parse_time_param, query_pairs, Auth, JsonBody, Segment},
-    json, AppState,
+    json, schema, AppState,
 };
 use crate::{
     domain::{BatchFilter, BatchStatus},
@@ -17,15 +16,30 @@ use crate::{
     service::NewBatch,
 };
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/batches", get(list_batches).post(create_batch))
-        .route("/batches/{name}", get(get_batch))
-        .route("/batches/{name}/finalize", post(finalize_batch))
-        .route("/batches/{name}/status", get(batch_status))
-        .route("/batches/{name}/setMetadata", post(set_batch_metadata))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_batches, create_batch))
+        .routes(routes!(get_batch))
+        .routes(routes!(finalize_batch))
+        .routes(routes!(batch_status))
+        .routes(routes!(set_batch_metadata))
 }
 
+/// Create a batch in a project.
+#[utoipa::path(
+    post,
+    path = "/batches",
+    tag = "batches",
+    request_body(content = schema::CreateBatch, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The batch.", body = schema::Batch),
+        (status = 400, description = "Missing or invalid fields.", body = schema::ErrorBody),
+        (status = 403, description = "A worker key.", body = schema::ErrorBody),
+        (status = 404, description = "No such project.", body = schema::ErrorBody),
+        (status = 409, description = "A batch with this name exists.", body = schema::ErrorBody),
+        (status = 413, description = "The body is too large.", body = schema::ErrorBody),
+    ),
+)]
 async fn create_batch(
     State(service): State<AppState>,
     Auth(caller): Auth,
@@ -44,6 +58,18 @@ async fn create_batch(
     Ok(ok(json::batch(&batch)))
 }
 
+/// A batch by name.
+#[utoipa::path(
+    get,
+    path = "/batches/{name}",
+    tag = "batches",
+    params(("name" = String, Path, description = "The batch name (percent-decoded once).")),
+    responses(
+        (status = 200, description = "The batch.", body = schema::Batch),
+        (status = 403, description = "A worker key.", body = schema::ErrorBody),
+        (status = 404, description = "No such batch.", body = schema::ErrorBody),
+    ),
+)]
 async fn get_batch(
     State(service): State<AppState>,
     Auth(caller): Auth,
@@ -53,6 +79,18 @@ async fn get_batch(
     Ok(ok(json::batch(&batch)))
 }
 
+/// Batches, newest first.
+#[utoipa::path(
+    get,
+    path = "/batches",
+    tag = "batches",
+    params(schema::ListBatchesQuery),
+    responses(
+        (status = 200, description = "A page of batches.", body = schema::BatchPage),
+        (status = 400, description = "An invalid value of a known parameter.", body = schema::ErrorBody),
+        (status = 403, description = "A worker key.", body = schema::ErrorBody),
+    ),
+)]
 async fn list_batches(
     State(service): State<AppState>,
     Auth(caller): Auth,
@@ -90,6 +128,18 @@ async fn list_batches(
     Ok(ok(json::batch_page(&page)))
 }
 
+/// Release a staging batch's tasks to the work queue.
+#[utoipa::path(
+    post,
+    path = "/batches/{name}/finalize",
+    tag = "batches",
+    params(("name" = String, Path, description = "The batch name (percent-decoded once).")),
+    responses(
+        (status = 200, description = "The batch.", body = schema::Batch),
+        (status = 403, description = "A worker key.", body = schema::ErrorBody),
+        (status = 404, description = "No such batch.", body = schema::ErrorBody),
+    ),
+)]
 async fn finalize_batch(
     State(service): State<AppState>,
     Auth(caller): Auth,
@@ -99,6 +149,18 @@ async fn finalize_batch(
     Ok(ok(json::batch(&batch)))
 }
 
+/// How many of the batch's tasks are in each status.
+#[utoipa::path(
+    get,
+    path = "/batches/{name}/status",
+    tag = "batches",
+    params(("name" = String, Path, description = "The batch name (percent-decoded once).")),
+    responses(
+        (status = 200, description = "The counts.", body = schema::BatchCounts),
+        (status = 403, description = "A worker key.", body = schema::ErrorBody),
+        (status = 404, description = "No such batch.", body = schema::ErrorBody),
+    ),
+)]
 async fn batch_status(
     State(service): State<AppState>,
     Auth(caller): Auth,
@@ -109,6 +171,21 @@ async fn batch_status(
 }
 
 /// The body is the new metadata itself, as Scale's client sends it.
+/// Replace the batch's metadata with the body.
+#[utoipa::path(
+    post,
+    path = "/batches/{name}/setMetadata",
+    tag = "batches",
+    params(("name" = String, Path, description = "The batch name (percent-decoded once).")),
+    request_body(content = Option<Object>, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The batch.", body = schema::Batch),
+        (status = 400, description = "The body is not a JSON object.", body = schema::ErrorBody),
+        (status = 413, description = "The body is too large.", body = schema::ErrorBody),
+        (status = 403, description = "A worker key.", body = schema::ErrorBody),
+        (status = 404, description = "No such batch.", body = schema::ErrorBody),
+    ),
+)]
 async fn set_batch_metadata(
     State(service): State<AppState>,
     Auth(caller): Auth,

@@ -5,16 +5,15 @@ use axum::{
     extract::{RawQuery, State},
     http::{header, HeaderValue},
     response::{IntoResponse, Response},
-    routing::{get, post},
-    Router,
 };
 use futures_util::{Stream, StreamExt};
 use serde_json::{json, Map, Value};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{
     error::http_status,
     extract::{Auth, IdempotencyKey},
-    json,
+    json, schema,
     tasks::parse_list_query,
     AppState,
 };
@@ -29,12 +28,31 @@ use crate::{
 
 const NDJSON: &str = "application/x-ndjson";
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/tasks/import", post(import_tasks))
-        .route("/tasks/export", get(export_tasks))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(import_tasks))
+        .routes(routes!(export_tasks))
 }
 
+/// Create many tasks from NDJSON, one task per line (SPEC §12). The answer streams one line
+/// per input line, then a summary line.
+#[utoipa::path(
+    post,
+    path = "/tasks/import",
+    tag = "bulk",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the summary of a finished import with this key.")),
+    request_body(content = schema::ImportTask, content_type = "application/x-ndjson",
+        description = "One JSON object per line: the body of `POST /task/{type}` plus `type`."),
+    responses(
+        (status = 200, description = "NDJSON: one `ImportLine` per input line, then `{\"summary\": …}`.",
+            body = schema::ImportAnswerLine, content_type = "application/x-ndjson"),
+        (status = 400, description = "The body could not be read.", body = schema::ErrorBody),
+        (status = 403, description = "A worker key.", body = schema::ErrorBody),
+        (status = 409, description = "The Idempotency-Key was used for another import.", body = schema::ErrorBody),
+        (status = 429, description = "An import with this Idempotency-Key is still running.", body = schema::ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds."))),
+    ),
+)]
 async fn import_tasks(
     State(service): State<AppState>,
     Auth(caller): Auth,
@@ -257,6 +275,20 @@ fn ndjson_response(body: Body) -> Response {
     response
 }
 
+/// Every matching task as NDJSON, newest first, from one snapshot. Takes the filters of
+/// `GET /tasks`; `next_token` resumes after the last line.
+#[utoipa::path(
+    get,
+    path = "/tasks/export",
+    tag = "bulk",
+    params(schema::ListTasksQuery),
+    responses(
+        (status = 200, description = "NDJSON: one task per line (a failure mid-stream ends it with an error line).",
+            body = schema::Task, content_type = "application/x-ndjson"),
+        (status = 400, description = "An invalid value of a known parameter.", body = schema::ErrorBody),
+        (status = 403, description = "A worker key.", body = schema::ErrorBody),
+    ),
+)]
 async fn export_tasks(
     State(service): State<AppState>,
     Auth(caller): Auth,

@@ -283,3 +283,23 @@ mod tests {
         assert_eq!(fields["attachments"], json!(["x"]));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use super::form_to_json;
+
+    proptest! {
+        /// Any form body becomes a JSON object; `tags` is always a list.
+        #[test]
+        fn any_form_body_becomes_an_object(body in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let value = form_to_json(&body);
+            let fields = value.as_object().expect("an object");
+            if let Some(tags) = fields.get("tags") {
+                prop_assert!(matches!(tags, Value::Array(_)));
+            }
+        }
+    }
+}

@@ -6,14 +6,18 @@ mod bulk;
 mod error;
 mod extract;
 pub mod json;
+mod openapi;
 mod ops;
 mod projects;
+mod schema;
 mod tasks;
 mod work;
 
 use std::sync::Arc;
 
-use axum::Router;
+use axum::{routing::get, Router};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
 pub use error::not_found;
 
@@ -21,14 +25,22 @@ use crate::service::Service;
 
 type AppState = Arc<Service>;
 
-/// Scale's routes, relative to `/v1`.
+/// Scale's routes, relative to `/v1`, and their OpenAPI document at `/v1/openapi.json`.
 pub fn v1_router(service: AppState) -> Router {
-    Router::new()
+    let (router, mut document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(tasks::routes())
         .merge(bulk::routes())
         .merge(work::routes())
         .merge(projects::routes())
         .merge(batches::routes())
+        .split_for_parts();
+    openapi::add_common_responses(&mut document);
+    let serve_document = openapi::document_response(&document);
+    router
+        .route(
+            openapi::PATH,
+            get(move || std::future::ready(serve_document())),
+        )
         .method_not_allowed_fallback(error::method_not_allowed)
         .with_state(service)
 }

@@ -1,24 +1,20 @@
 //! Scale's project endpoints: `/v1/projects`.
 
-use axum::{
-    extract::State,
-    response::Response,
-    routing::{get, post},
-    Router,
-};
+use axum::{extract::State, response::Response};
 use serde_json::{Map, Value};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{
     extract::{field_flag, field_text, ok, Auth, JsonBody, Segment},
-    json, AppState,
+    json, schema, AppState,
 };
 use crate::error::{Error, Result};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/projects", get(list_projects).post(create_project))
-        .route("/projects/{name}", get(get_project))
-        .route("/projects/{name}/setParams", post(set_project_params))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_projects, create_project))
+        .routes(routes!(get_project))
+        .routes(routes!(set_project_params))
 }
 
 /// `params` as an object, or none.
@@ -30,6 +26,20 @@ fn params(body: &mut Map<String, Value>) -> Result<Map<String, Value>> {
     }
 }
 
+/// Create a project.
+#[utoipa::path(
+    post,
+    path = "/projects",
+    tag = "projects",
+    request_body(content = schema::CreateProject, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The project.", body = schema::Project),
+        (status = 400, description = "Missing `type` or invalid fields.", body = schema::ErrorBody),
+        (status = 403, description = "A worker key.", body = schema::ErrorBody),
+        (status = 409, description = "A project with this name exists.", body = schema::ErrorBody),
+        (status = 413, description = "The body is too large.", body = schema::ErrorBody),
+    ),
+)]
 async fn create_project(
     State(service): State<AppState>,
     Auth(caller): Auth,
@@ -47,6 +57,18 @@ async fn create_project(
     Ok(ok(json::project(&project)))
 }
 
+/// A project by name.
+#[utoipa::path(
+    get,
+    path = "/projects/{name}",
+    tag = "projects",
+    params(("name" = String, Path, description = "The project name (percent-decoded once).")),
+    responses(
+        (status = 200, description = "The project.", body = schema::Project),
+        (status = 403, description = "A worker key.", body = schema::ErrorBody),
+        (status = 404, description = "No such project.", body = schema::ErrorBody),
+    ),
+)]
 async fn get_project(
     State(service): State<AppState>,
     Auth(caller): Auth,
@@ -57,6 +79,15 @@ async fn get_project(
 }
 
 /// A bare JSON array, as Scale returns it.
+#[utoipa::path(
+    get,
+    path = "/projects",
+    tag = "projects",
+    responses(
+        (status = 200, description = "Every project of the account.", body = Vec<schema::Project>),
+        (status = 403, description = "A worker key.", body = schema::ErrorBody),
+    ),
+)]
 async fn list_projects(State(service): State<AppState>, Auth(caller): Auth) -> Result<Response> {
     let projects = service.list_projects(caller).await?;
     Ok(ok(Value::Array(
@@ -66,6 +97,20 @@ async fn list_projects(State(service): State<AppState>, Auth(caller): Auth) -> R
 
 /// The body's fields are the new params (Scale's client sends them as keyword arguments);
 /// a `params` object is read as more of them, and `patch` merges over the previous version.
+#[utoipa::path(
+    post,
+    path = "/projects/{name}/setParams",
+    tag = "projects",
+    params(("name" = String, Path, description = "The project name (percent-decoded once).")),
+    request_body(content = Option<schema::SetParams>, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The project with its new `param_history` entry.", body = schema::Project),
+        (status = 400, description = "Invalid fields.", body = schema::ErrorBody),
+        (status = 403, description = "A worker key.", body = schema::ErrorBody),
+        (status = 404, description = "No such project.", body = schema::ErrorBody),
+        (status = 413, description = "The body is too large.", body = schema::ErrorBody),
+    ),
+)]
 async fn set_project_params(
     State(service): State<AppState>,
     Auth(caller): Auth,

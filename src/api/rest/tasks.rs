@@ -4,17 +4,16 @@ use axum::{
     extract::{RawQuery, State},
     http::HeaderValue,
     response::{IntoResponse, Response},
-    routing::{get, post},
-    Router,
 };
 use serde_json::Value;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{
     extract::{
         field_flag, field_text, ok_json, parse_bool_param, parse_time_param, query_pairs,
         task_response, Auth, IdempotencyKey, JsonBody, JsonOrFormBody, Segment,
     },
-    json, AppState,
+    json, schema, AppState,
 };
 use crate::{
     domain::{parse_bool, ListQuery, TaskStatus, TimeRange},
@@ -22,25 +21,41 @@ use crate::{
     service::{tags_from_json, TagEdit},
 };
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/task/{segment}", get(get_task).post(create_task))
-        .route("/tasks", get(list_tasks))
-        .route("/task/{task_id}/cancel", post(cancel_task))
-        .route("/task/{task_id}/setMetadata", post(set_task_metadata))
-        .route(
-            "/task/{task_id}/unique_id",
-            post(update_task_unique_id).delete(delete_task_unique_id),
-        )
-        .route(
-            "/task/{task_id}/tags",
-            post(set_task_tags)
-                .put(add_task_tags)
-                .delete(delete_task_tags),
-        )
-        .route("/task/{task_id}/audit", post(audit_task))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(get_task, create_task))
+        .routes(routes!(list_tasks))
+        .routes(routes!(cancel_task))
+        .routes(routes!(set_task_metadata))
+        .routes(routes!(update_task_unique_id, delete_task_unique_id))
+        .routes(routes!(set_task_tags, add_task_tags, delete_task_tags))
+        .routes(routes!(audit_task))
 }
 
+/// Create a task of `{task_id_or_type}` (a Scale task type). JSON or form body.
+#[utoipa::path(
+    post,
+    path = "/task/{task_id_or_type}",
+    tag = "tasks",
+    params(
+        ("task_id_or_type" = String, Path, description = "The task type, e.g. `imageannotation`."),
+        ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for a retried creation (≤ 255 chars)."),
+    ),
+    request_body(content(
+        (schema::CreateTask = "application/json"),
+        (schema::CreateTask = "application/x-www-form-urlencoded"),
+    )),
+    responses(
+        (status = 200, description = "The new task (or the replayed answer, with `Idempotent-Replayed: true`).", body = schema::Task),
+        (status = 400, description = "Unknown type or invalid fields.", body = schema::ErrorBody),
+        (status = 403, description = "A worker key.", body = schema::ErrorBody),
+        (status = 404, description = "The project or batch does not exist.", body = schema::ErrorBody),
+        (status = 409, description = "The unique_id is held by another task, or the Idempotency-Key was used with other parameters.", body = schema::ErrorBody),
+        (status = 413, description = "The body is too large.", body = schema::ErrorBody),
+        (status = 429, description = "The first request with this Idempotency-Key is still running.", body = schema::ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds."))),
+    ),
+)]
 async fn create_task(
     State(service): State<AppState>,
     Auth(caller): Auth,
@@ -64,6 +79,17 @@ async fn create_task(
     Ok(response)
 }
 
+/// A task by id.
+#[utoipa::path(
+    get,
+    path = "/task/{task_id_or_type}",
+    tag = "tasks",
+    params(("task_id_or_type" = String, Path, description = "The task id (24 hex digits).")),
+    responses(
+        (status = 200, description = "The task.", body = schema::Task),
+        (status = 404, description = "No such task (also a malformed id).", body = schema::ErrorBody),
+    ),
+)]
 async fn get_task(
     State(service): State<AppState>,
     Auth(caller): Auth,
@@ -72,6 +98,17 @@ async fn get_task(
     task_response(service.get_task(caller, &task_id).await)
 }
 
+/// Tasks, newest first, filtered; paged by `next_token` (or `offset`).
+#[utoipa::path(
+    get,
+    path = "/tasks",
+    tag = "tasks",
+    params(schema::ListTasksQuery),
+    responses(
+        (status = 200, description = "A page of tasks.", body = schema::TaskPage),
+        (status = 400, description = "An invalid value of a known parameter, or a malformed `next_token`.", body = schema::ErrorBody),
+    ),
+)]
 async fn list_tasks(
     State(service): State<AppState>,
     Auth(caller): Auth,
@@ -82,6 +119,19 @@ async fn list_tasks(
     Ok(ok_json(&json::PageJson(&page)))
 }
 
+/// Cancel a pending task (idempotent).
+#[utoipa::path(
+    post,
+    path = "/task/{task_id}/cancel",
+    tag = "tasks",
+    params(("task_id" = String, Path, description = "The task id."), schema::CancelQuery),
+    responses(
+        (status = 200, description = "The task.", body = schema::Task),
+        (status = 400, description = "The task is completed or failed, or `clear_unique_id` is not a boolean.", body = schema::ErrorBody),
+        (status = 403, description = "A worker key.", body = schema::ErrorBody),
+        (status = 404, description = "No such task.", body = schema::ErrorBody),
+    ),
+)]
 async fn cancel_task(
     State(service): State<AppState>,
     Auth(caller): Auth,
@@ -97,6 +147,21 @@ async fn cancel_task(
     task_response(service.cancel_task(caller, &task_id, clear_unique_id).await)
 }
 
+/// Replace the task's metadata with the body.
+#[utoipa::path(
+    post,
+    path = "/task/{task_id}/setMetadata",
+    tag = "tasks",
+    params(("task_id" = String, Path, description = "The task id.")),
+    request_body(content = Option<Object>, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The task.", body = schema::Task),
+        (status = 400, description = "The body is not a JSON object, or too large a metadata.", body = schema::ErrorBody),
+        (status = 413, description = "The body is too large.", body = schema::ErrorBody),
+        (status = 403, description = "A worker key.", body = schema::ErrorBody),
+        (status = 404, description = "No such task.", body = schema::ErrorBody),
+    ),
+)]
 async fn set_task_metadata(
     State(service): State<AppState>,
     Auth(caller): Auth,
@@ -107,6 +172,22 @@ async fn set_task_metadata(
     task_response(service.set_task_metadata(caller, &task_id, metadata).await)
 }
 
+/// Set the task's unique_id.
+#[utoipa::path(
+    post,
+    path = "/task/{task_id}/unique_id",
+    tag = "tasks",
+    params(("task_id" = String, Path, description = "The task id.")),
+    request_body(content = schema::UniqueIdBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The task.", body = schema::Task),
+        (status = 400, description = "Missing or invalid `unique_id`.", body = schema::ErrorBody),
+        (status = 409, description = "Another task holds this unique_id.", body = schema::ErrorBody),
+        (status = 413, description = "The body is too large.", body = schema::ErrorBody),
+        (status = 403, description = "A worker key.", body = schema::ErrorBody),
+        (status = 404, description = "No such task.", body = schema::ErrorBody),
+    ),
+)]
 async fn update_task_unique_id(
     State(service): State<AppState>,
     Auth(caller): Auth,
@@ -125,6 +206,18 @@ async fn update_task_unique_id(
     )
 }
 
+/// Clear the task's unique_id.
+#[utoipa::path(
+    delete,
+    path = "/task/{task_id}/unique_id",
+    tag = "tasks",
+    params(("task_id" = String, Path, description = "The task id.")),
+    responses(
+        (status = 200, description = "The task.", body = schema::Task),
+        (status = 403, description = "A worker key.", body = schema::ErrorBody),
+        (status = 404, description = "No such task.", body = schema::ErrorBody),
+    ),
+)]
 async fn delete_task_unique_id(
     State(service): State<AppState>,
     Auth(caller): Auth,
@@ -135,7 +228,23 @@ async fn delete_task_unique_id(
 
 /// `PUT` adds, `POST` replaces, `DELETE` removes: one handler per method, one rule underneath.
 macro_rules! tag_handler {
-    ($name:ident, $edit:expr) => {
+    ($name:ident, $method:ident, $edit:expr, $doc:literal) => {
+        #[doc = $doc]
+        #[utoipa::path(
+            $method,
+            path = "/task/{task_id}/tags",
+            tag = "tasks",
+            params(("task_id" = String, Path, description = "The task id.")),
+            request_body(content = Option<Vec<String>>, content_type = "application/json",
+                description = "Tags: non-empty strings."),
+            responses(
+                (status = 200, description = "The task.", body = schema::Task),
+                (status = 400, description = "Not an array of non-empty strings, or too many tags.", body = schema::ErrorBody),
+                (status = 403, description = "A worker key.", body = schema::ErrorBody),
+                (status = 404, description = "No such task.", body = schema::ErrorBody),
+                (status = 413, description = "The body is too large.", body = schema::ErrorBody),
+            ),
+        )]
         async fn $name(
             State(service): State<AppState>,
             Auth(caller): Auth,
@@ -148,10 +257,35 @@ macro_rules! tag_handler {
     };
 }
 
-tag_handler!(add_task_tags, TagEdit::Add);
-tag_handler!(set_task_tags, TagEdit::Replace);
-tag_handler!(delete_task_tags, TagEdit::Remove);
+tag_handler!(
+    add_task_tags,
+    put,
+    TagEdit::Add,
+    "Add tags (duplicates ignored, order kept)."
+);
+tag_handler!(set_task_tags, post, TagEdit::Replace, "Replace all tags.");
+tag_handler!(
+    delete_task_tags,
+    delete,
+    TagEdit::Remove,
+    "Remove these tags."
+);
 
+/// Record a customer review of a completed task.
+#[utoipa::path(
+    post,
+    path = "/task/{task_id}/audit",
+    tag = "tasks",
+    params(("task_id" = String, Path, description = "The task id.")),
+    request_body(content = schema::AuditBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The task.", body = schema::Task),
+        (status = 400, description = "The task is not completed, or invalid fields.", body = schema::ErrorBody),
+        (status = 413, description = "The body is too large.", body = schema::ErrorBody),
+        (status = 403, description = "A worker key.", body = schema::ErrorBody),
+        (status = 404, description = "No such task.", body = schema::ErrorBody),
+    ),
+)]
 async fn audit_task(
     State(service): State<AppState>,
     Auth(caller): Auth,
@@ -265,5 +399,67 @@ mod tests {
             assert!(err.contains(name), "{query}: {err}");
         }
         assert!(parse_list_query("whatever=1&limited_response=True").is_ok());
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::parse_list_query;
+    use crate::{
+        domain::{PageToken, TaskId, Timestamp},
+        error::Error,
+    };
+
+    proptest! {
+        /// Any query string either parses or is a 400, never a panic.
+        #[test]
+        fn any_list_query_parses_or_is_invalid(query in ".*") {
+            if let Err(err) = parse_list_query(&query) {
+                prop_assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+            }
+        }
+
+        /// Time filters, tags and tokens in the shapes clients send.
+        #[test]
+        fn time_filters_tags_and_tokens_never_panic(
+            time in "[0-9T:. +Z-]{0,40}",
+            tag in ".{0,20}",
+            token in "[A-Za-z0-9+/=_-]{0,80}",
+        ) {
+            let query: String = form_urlencoded::Serializer::new(String::new())
+                .append_pair("start_time", &time)
+                .append_pair("tags", &tag)
+                .append_pair("next_token", &token)
+                .finish();
+            if let Err(err) = parse_list_query(&query) {
+                prop_assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+            }
+            let _ = PageToken::decode(&token);
+            let _ = Timestamp::parse_filter(&time);
+        }
+
+        /// `next_token` round-trips: what a page hands out, the next request reads back.
+        #[test]
+        fn next_tokens_round_trip(millis in 0i64..253_402_300_799_999, id in "[0-9a-f]{24}") {
+            let token = PageToken {
+                created_at: Timestamp::from_millis(millis),
+                task_id: TaskId::parse(&id).expect("24 hex digits"),
+            };
+            let decoded = PageToken::decode(&token.encode()).expect("decodes");
+            prop_assert_eq!(decoded.created_at, token.created_at);
+            prop_assert_eq!(decoded.task_id.as_str(), id.as_str());
+        }
+
+        /// Task ids: 24 lowercase hex digits parse; nothing panics.
+        #[test]
+        fn task_ids_parse_only_24_hex_digits(text in ".{0,40}") {
+            let parsed = TaskId::parse(&text);
+            let is_hex_id = text.len() == 24 && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            if is_hex_id {
+                prop_assert!(parsed.is_some());
+            }
+        }
     }
 }

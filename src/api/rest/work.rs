@@ -3,14 +3,13 @@
 use axum::{
     extract::{FromRequest, Request, State},
     response::Response,
-    routing::post,
-    Router,
 };
 use serde_json::{json, Map, Value};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{
     extract::{field_integer, field_text, ok, task_response, Auth, JsonBody, Segment},
-    json, AppState,
+    json, schema, AppState,
 };
 use crate::{
     domain::ClaimFilter,
@@ -18,13 +17,13 @@ use crate::{
     service::{ClaimRequest, ClaimedTask},
 };
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/work/claim", post(claim_tasks))
-        .route("/task/{task_id}/lease/heartbeat", post(heartbeat_lease))
-        .route("/task/{task_id}/lease/release", post(release_lease))
-        .route("/task/{task_id}/complete", post(complete_task))
-        .route("/task/{task_id}/fail", post(fail_task))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(claim_tasks))
+        .routes(routes!(heartbeat_lease))
+        .routes(routes!(release_lease))
+        .routes(routes!(complete_task))
+        .routes(routes!(fail_task))
 }
 
 fn lease(claimed: &ClaimedTask) -> Value {
@@ -35,6 +34,18 @@ fn lease(claimed: &ClaimedTask) -> Value {
     })
 }
 
+/// Claim the oldest available pending tasks, each under a lease.
+#[utoipa::path(
+    post,
+    path = "/work/claim",
+    tag = "work",
+    request_body(content = Option<schema::ClaimRequest>, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The leases (an empty array when nothing is available).", body = schema::Leases),
+        (status = 400, description = "Invalid fields (`limit` 1–100, `lease_seconds` 1–3600).", body = schema::ErrorBody),
+        (status = 413, description = "The body is too large.", body = schema::ErrorBody),
+    ),
+)]
 async fn claim_tasks(
     State(service): State<AppState>,
     Auth(caller): Auth,
@@ -79,6 +90,21 @@ fn required<T>(value: Option<T>, name: &str) -> Result<T> {
     value.ok_or_else(|| Error::invalid(format!("Missing required parameter: '{name}'.")))
 }
 
+/// Extend a lease.
+#[utoipa::path(
+    post,
+    path = "/task/{task_id}/lease/heartbeat",
+    tag = "work",
+    params(("task_id" = String, Path, description = "The task id.")),
+    request_body(content = schema::HeartbeatBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The lease's new expiry.", body = schema::LeaseExpiry),
+        (status = 400, description = "Missing or invalid fields.", body = schema::ErrorBody),
+        (status = 404, description = "No such task.", body = schema::ErrorBody),
+        (status = 409, description = "The token is not the task's live lease (`LEASE_LOST`); nothing changed.", body = schema::ErrorBody),
+        (status = 413, description = "The body is too large.", body = schema::ErrorBody),
+    ),
+)]
 async fn heartbeat_lease(
     State(service): State<AppState>,
     Auth(caller): Auth,
@@ -92,6 +118,21 @@ async fn heartbeat_lease(
     Ok(ok(json!({"lease_expires_at": expires_at.to_iso()})))
 }
 
+/// Give a leased task back to the queue.
+#[utoipa::path(
+    post,
+    path = "/task/{task_id}/lease/release",
+    tag = "work",
+    params(("task_id" = String, Path, description = "The task id.")),
+    request_body(content = schema::ReleaseBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The task, back in the queue.", body = schema::Task),
+        (status = 400, description = "Missing or invalid fields.", body = schema::ErrorBody),
+        (status = 404, description = "No such task.", body = schema::ErrorBody),
+        (status = 409, description = "The token is not the task's live lease (`LEASE_LOST`); nothing changed.", body = schema::ErrorBody),
+        (status = 413, description = "The body is too large.", body = schema::ErrorBody),
+    ),
+)]
 async fn release_lease(
     State(service): State<AppState>,
     Auth(caller): Auth,
@@ -101,6 +142,21 @@ async fn release_lease(
     task_response(service.release_lease(caller, &task_id, &lease.token).await)
 }
 
+/// Answer a leased task.
+#[utoipa::path(
+    post,
+    path = "/task/{task_id}/complete",
+    tag = "work",
+    params(("task_id" = String, Path, description = "The task id.")),
+    request_body(content = schema::CompleteBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The task, `completed`.", body = schema::Task),
+        (status = 400, description = "Missing or invalid fields.", body = schema::ErrorBody),
+        (status = 404, description = "No such task.", body = schema::ErrorBody),
+        (status = 409, description = "The token is not the task's live lease (`LEASE_LOST`); nothing changed.", body = schema::ErrorBody),
+        (status = 413, description = "The body is too large.", body = schema::ErrorBody),
+    ),
+)]
 async fn complete_task(
     State(service): State<AppState>,
     Auth(caller): Auth,
@@ -115,6 +171,21 @@ async fn complete_task(
     )
 }
 
+/// Give up on a leased task: it ends in `error`.
+#[utoipa::path(
+    post,
+    path = "/task/{task_id}/fail",
+    tag = "work",
+    params(("task_id" = String, Path, description = "The task id.")),
+    request_body(content = schema::FailBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The task, `error`.", body = schema::Task),
+        (status = 400, description = "Missing or invalid fields.", body = schema::ErrorBody),
+        (status = 404, description = "No such task.", body = schema::ErrorBody),
+        (status = 409, description = "The token is not the task's live lease (`LEASE_LOST`); nothing changed.", body = schema::ErrorBody),
+        (status = 413, description = "The body is too large.", body = schema::ErrorBody),
+    ),
+)]
 async fn fail_task(
     State(service): State<AppState>,
     Auth(caller): Auth,
