@@ -9,9 +9,8 @@
 use std::collections::BTreeSet;
 
 use annotask::proto::{
-    self, batch_service_client::BatchServiceClient,
-    project_service_client::ProjectServiceClient, task_service_client::TaskServiceClient,
-    work_service_client::WorkServiceClient,
+    self, batch_service_client::BatchServiceClient, project_service_client::ProjectServiceClient,
+    task_service_client::TaskServiceClient, work_service_client::WorkServiceClient,
 };
 use prost::Message as _;
 use reqwest::{header, Method, StatusCode};
@@ -132,9 +131,7 @@ async fn identities(app: &TestApp, owner_test_key: &str) -> Vec<Identity> {
 /// every one carrying `marker`.
 async fn seed_world(app: &TestApp, key: &str, world: &str, marker: &str) -> Target {
     let post = |path: &str, body: Value| {
-        let request = app
-            .request_as(key, Method::POST, path)
-            .json(&body);
+        let request = app.request_as(key, Method::POST, path).json(&body);
         async move { app.send(request).await }
     };
     let project = format!("authz-project-{world}");
@@ -287,7 +284,11 @@ const REST_ROUTES: &[(&str, &str, RestKind)] = &[
     ("POST", "/batches/{name}/setMetadata", RestKind::Object),
     // The owner's project is not the caller's: the 400 of a project that does not exist (a
     // 409, or any other answer, would tell the name exists).
-    ("POST", "/batches", RestKind::Create(StatusCode::BAD_REQUEST)),
+    (
+        "POST",
+        "/batches",
+        RestKind::Create(StatusCode::BAD_REQUEST),
+    ),
     // Names and unique_ids are per world: the owner's are free here.
     ("POST", "/projects", RestKind::Create(StatusCode::OK)),
     ("POST", "/task/{segment}", RestKind::Create(StatusCode::OK)),
@@ -332,12 +333,14 @@ fn rest_call(method: &str, pattern: &str, target: &Target) -> (String, Option<St
         ),
         ("GET", "/tasks/export") => ("/tasks/export".to_owned(), None),
         ("POST", "/work/claim") => ("/work/claim".to_owned(), Some("{}".to_owned())),
-        ("POST", "/task/{task_id}/lease/heartbeat") => {
-            (format!("/task/{lease_task}/lease/heartbeat"), lease(json!({})))
-        }
-        ("POST", "/task/{task_id}/lease/release") => {
-            (format!("/task/{lease_task}/lease/release"), lease(json!({})))
-        }
+        ("POST", "/task/{task_id}/lease/heartbeat") => (
+            format!("/task/{lease_task}/lease/heartbeat"),
+            lease(json!({})),
+        ),
+        ("POST", "/task/{task_id}/lease/release") => (
+            format!("/task/{lease_task}/lease/release"),
+            lease(json!({})),
+        ),
         ("POST", "/task/{task_id}/complete") => (
             format!("/task/{lease_task}/complete"),
             lease(json!({"response": {"annotations": []}})),
@@ -407,7 +410,9 @@ async fn send_rest(
         } else {
             "application/json"
         };
-        request = request.header(header::CONTENT_TYPE, content_type).body(body);
+        request = request
+            .header(header::CONTENT_TYPE, content_type)
+            .body(body);
     }
     let response = request.send().await.expect("request sent");
     let status = response.status();
@@ -442,7 +447,9 @@ fn registered_rest_routes() -> BTreeSet<(String, String)> {
                 .map(|(at, _)| at)
                 .expect("closed");
             let method_router = &registration[..end];
-            let methods = ["get", "post", "put", "delete", "patch", "head", "options", "any"];
+            let methods = [
+                "get", "post", "put", "delete", "patch", "head", "options", "any",
+            ];
             let mut found = 0;
             for word in method_router.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
                 if methods.contains(&word) {
@@ -476,8 +483,12 @@ fn the_rest_table_lists_every_registered_route() {
         "a route is listed twice"
     );
     assert_eq!(
-        registered, listed,
-        "the REST routes registered under src/api/rest differ from this test's table: add the new route to REST_ROUTES"
+        (
+            registered.difference(&listed).collect::<Vec<_>>(),
+            listed.difference(&registered).collect::<Vec<_>>()
+        ),
+        (vec![], vec![]),
+        "(registered but not in REST_ROUTES, listed but not registered): add new routes to the table"
     );
 }
 
@@ -573,7 +584,10 @@ const RPCS: &[(&str, RpcKind)] = &[
     ("BatchService/FinalizeBatch", RpcKind::Object),
     ("BatchService/GetBatchStatus", RpcKind::Object),
     ("BatchService/SetBatchMetadata", RpcKind::Object),
-    ("BatchService/CreateBatch", RpcKind::Create(Code::InvalidArgument)),
+    (
+        "BatchService/CreateBatch",
+        RpcKind::Create(Code::InvalidArgument),
+    ),
     ("ProjectService/CreateProject", RpcKind::Create(Code::Ok)),
     ("TaskService/CreateTask", RpcKind::Create(Code::Ok)),
     ("TaskService/ImportTasks", RpcKind::Create(Code::Ok)),
@@ -581,8 +595,8 @@ const RPCS: &[(&str, RpcKind)] = &[
 
 /// `Service/Method` of every RPC of the annotask.v1 package, from the served descriptor.
 fn described_rpcs() -> BTreeSet<String> {
-    let set = prost_types::FileDescriptorSet::decode(proto::FILE_DESCRIPTOR_SET)
-        .expect("descriptor set");
+    let set =
+        prost_types::FileDescriptorSet::decode(proto::FILE_DESCRIPTOR_SET).expect("descriptor set");
     set.file
         .iter()
         .filter(|file| file.package() == "annotask.v1")
@@ -602,8 +616,12 @@ fn the_rpc_table_lists_every_described_rpc() {
     let listed: BTreeSet<String> = RPCS.iter().map(|(name, _)| (*name).to_owned()).collect();
     assert_eq!(listed.len(), RPCS.len(), "an RPC is listed twice");
     assert_eq!(
-        described, listed,
-        "the RPCs of proto/annotask/v1 differ from this test's table: add the new RPC to RPCS"
+        (
+            described.difference(&listed).collect::<Vec<_>>(),
+            listed.difference(&described).collect::<Vec<_>>()
+        ),
+        (vec![], vec![]),
+        "(described but not in RPCS, listed but not described): add new RPCs to the table"
     );
 }
 
@@ -647,31 +665,43 @@ async fn call_rpc(
             format!("{:?}", clients.tasks.get_task(request).await?)
         }
         "TaskService/ListTasks" => {
-            let request = with_auth(authorization, proto::ListTasksRequest {
-                limit: 100,
-                ..Default::default()
-            });
+            let request = with_auth(
+                authorization,
+                proto::ListTasksRequest {
+                    limit: 100,
+                    ..Default::default()
+                },
+            );
             format!("{:?}", clients.tasks.list_tasks(request).await?)
         }
         "TaskService/CancelTask" => {
-            let request = with_auth(authorization, proto::CancelTaskRequest {
-                task_id,
-                clear_unique_id: false,
-            });
+            let request = with_auth(
+                authorization,
+                proto::CancelTaskRequest {
+                    task_id,
+                    clear_unique_id: false,
+                },
+            );
             format!("{:?}", clients.tasks.cancel_task(request).await?)
         }
         "TaskService/SetTaskMetadata" => {
-            let request = with_auth(authorization, proto::SetTaskMetadataRequest {
-                task_id,
-                metadata: Some(to_struct(json!({"changed": true}))),
-            });
+            let request = with_auth(
+                authorization,
+                proto::SetTaskMetadataRequest {
+                    task_id,
+                    metadata: Some(to_struct(json!({"changed": true}))),
+                },
+            );
             format!("{:?}", clients.tasks.set_task_metadata(request).await?)
         }
         "TaskService/UpdateTaskUniqueId" => {
-            let request = with_auth(authorization, proto::UpdateTaskUniqueIdRequest {
-                task_id,
-                unique_id: "authz-renamed".to_owned(),
-            });
+            let request = with_auth(
+                authorization,
+                proto::UpdateTaskUniqueIdRequest {
+                    task_id,
+                    unique_id: "authz-renamed".to_owned(),
+                },
+            );
             format!("{:?}", clients.tasks.update_task_unique_id(request).await?)
         }
         "TaskService/DeleteTaskUniqueId" => {
@@ -679,32 +709,44 @@ async fn call_rpc(
             format!("{:?}", clients.tasks.delete_task_unique_id(request).await?)
         }
         "TaskService/AddTaskTags" => {
-            let request = with_auth(authorization, proto::AddTaskTagsRequest {
-                task_id,
-                tags: vec!["authz".to_owned()],
-            });
+            let request = with_auth(
+                authorization,
+                proto::AddTaskTagsRequest {
+                    task_id,
+                    tags: vec!["authz".to_owned()],
+                },
+            );
             format!("{:?}", clients.tasks.add_task_tags(request).await?)
         }
         "TaskService/SetTaskTags" => {
-            let request = with_auth(authorization, proto::SetTaskTagsRequest {
-                task_id,
-                tags: vec!["authz".to_owned()],
-            });
+            let request = with_auth(
+                authorization,
+                proto::SetTaskTagsRequest {
+                    task_id,
+                    tags: vec!["authz".to_owned()],
+                },
+            );
             format!("{:?}", clients.tasks.set_task_tags(request).await?)
         }
         "TaskService/DeleteTaskTags" => {
-            let request = with_auth(authorization, proto::DeleteTaskTagsRequest {
-                task_id,
-                tags: vec!["authz".to_owned()],
-            });
+            let request = with_auth(
+                authorization,
+                proto::DeleteTaskTagsRequest {
+                    task_id,
+                    tags: vec!["authz".to_owned()],
+                },
+            );
             format!("{:?}", clients.tasks.delete_task_tags(request).await?)
         }
         "TaskService/AuditTask" => {
-            let request = with_auth(authorization, proto::AuditTaskRequest {
-                task_id,
-                accepted: true,
-                ..Default::default()
-            });
+            let request = with_auth(
+                authorization,
+                proto::AuditTaskRequest {
+                    task_id,
+                    accepted: true,
+                    ..Default::default()
+                },
+            );
             format!("{:?}", clients.tasks.audit_task(request).await?)
         }
         "TaskService/ExportTasks" => {
@@ -719,14 +761,21 @@ async fn call_rpc(
         "TaskService/CreateTask" => {
             let mut message = image_task();
             message.unique_id = Some(target.unique_id.clone());
-            format!("{:?}", clients.tasks.create_task(with_auth(authorization, message)).await?)
+            format!(
+                "{:?}",
+                clients
+                    .tasks
+                    .create_task(with_auth(authorization, message))
+                    .await?
+            )
         }
         "TaskService/ImportTasks" => {
             let mut plain = image_task();
             plain.unique_id = Some(format!("{}-import", target.unique_id));
             let mut in_project = image_task();
             in_project.project = Some(project);
-            let items = [plain, in_project].map(|task| proto::ImportTasksRequest { task: Some(task) });
+            let items =
+                [plain, in_project].map(|task| proto::ImportTasksRequest { task: Some(task) });
             let request = with_auth(authorization, futures::stream::iter(items));
             let mut stream = clients.tasks.import_tasks(request).await?.into_inner();
             let mut answers = Vec::new();
@@ -740,34 +789,46 @@ async fn call_rpc(
             format!("{:?}", clients.work.claim_tasks(request).await?)
         }
         "WorkService/HeartbeatLease" => {
-            let request = with_auth(authorization, proto::HeartbeatLeaseRequest {
-                task_id: lease_task_id,
-                lease_token,
-                lease_seconds: 0,
-            });
+            let request = with_auth(
+                authorization,
+                proto::HeartbeatLeaseRequest {
+                    task_id: lease_task_id,
+                    lease_token,
+                    lease_seconds: 0,
+                },
+            );
             format!("{:?}", clients.work.heartbeat_lease(request).await?)
         }
         "WorkService/ReleaseLease" => {
-            let request = with_auth(authorization, proto::ReleaseLeaseRequest {
-                task_id: lease_task_id,
-                lease_token,
-            });
+            let request = with_auth(
+                authorization,
+                proto::ReleaseLeaseRequest {
+                    task_id: lease_task_id,
+                    lease_token,
+                },
+            );
             format!("{:?}", clients.work.release_lease(request).await?)
         }
         "WorkService/CompleteTask" => {
-            let request = with_auth(authorization, proto::CompleteTaskRequest {
-                task_id: lease_task_id,
-                lease_token,
-                response: Some(to_struct(json!({"annotations": []}))),
-            });
+            let request = with_auth(
+                authorization,
+                proto::CompleteTaskRequest {
+                    task_id: lease_task_id,
+                    lease_token,
+                    response: Some(to_struct(json!({"annotations": []}))),
+                },
+            );
             format!("{:?}", clients.work.complete_task(request).await?)
         }
         "WorkService/FailTask" => {
-            let request = with_auth(authorization, proto::FailTaskRequest {
-                task_id: lease_task_id,
-                lease_token,
-                error: "authz".to_owned(),
-            });
+            let request = with_auth(
+                authorization,
+                proto::FailTaskRequest {
+                    task_id: lease_task_id,
+                    lease_token,
+                    error: "authz".to_owned(),
+                },
+            );
             format!("{:?}", clients.work.fail_task(request).await?)
         }
         "ProjectService/ListProjects" => {
@@ -779,19 +840,25 @@ async fn call_rpc(
             format!("{:?}", clients.projects.get_project(request).await?)
         }
         "ProjectService/SetProjectParams" => {
-            let request = with_auth(authorization, proto::SetProjectParamsRequest {
-                name: project,
-                params: Some(to_struct(json!({"instruction": "authz"}))),
-                patch: false,
-            });
+            let request = with_auth(
+                authorization,
+                proto::SetProjectParamsRequest {
+                    name: project,
+                    params: Some(to_struct(json!({"instruction": "authz"}))),
+                    patch: false,
+                },
+            );
             format!("{:?}", clients.projects.set_project_params(request).await?)
         }
         "ProjectService/CreateProject" => {
-            let request = with_auth(authorization, proto::CreateProjectRequest {
-                name: project,
-                r#type: "imageannotation".to_owned(),
-                params: None,
-            });
+            let request = with_auth(
+                authorization,
+                proto::CreateProjectRequest {
+                    name: project,
+                    r#type: "imageannotation".to_owned(),
+                    params: None,
+                },
+            );
             format!("{:?}", clients.projects.create_project(request).await?)
         }
         "BatchService/ListBatches" => {
@@ -811,18 +878,24 @@ async fn call_rpc(
             format!("{:?}", clients.batches.get_batch_status(request).await?)
         }
         "BatchService/SetBatchMetadata" => {
-            let request = with_auth(authorization, proto::SetBatchMetadataRequest {
-                name: batch,
-                metadata: Some(to_struct(json!({"changed": true}))),
-            });
+            let request = with_auth(
+                authorization,
+                proto::SetBatchMetadataRequest {
+                    name: batch,
+                    metadata: Some(to_struct(json!({"changed": true}))),
+                },
+            );
             format!("{:?}", clients.batches.set_batch_metadata(request).await?)
         }
         "BatchService/CreateBatch" => {
-            let request = with_auth(authorization, proto::CreateBatchRequest {
-                name: batch,
-                project,
-                ..Default::default()
-            });
+            let request = with_auth(
+                authorization,
+                proto::CreateBatchRequest {
+                    name: batch,
+                    project,
+                    ..Default::default()
+                },
+            );
             format!("{:?}", clients.batches.create_batch(request).await?)
         }
         other => panic!("no call written for RPC {other}"),
@@ -894,3 +967,72 @@ async fn grpc_matrix(app: TestApp) {
 }
 
 backend_tests!(rest_matrix, grpc_matrix);
+
+// ---------------------------------------------------------------------------------------------
+// Failed authentications per client address
+// ---------------------------------------------------------------------------------------------
+
+/// Over real sockets (the server sees the peer 127.0.0.1): a burst of 2 failures, then the
+/// address is refused, valid key or not, on REST and gRPC alike. At 2 a minute the next
+/// failure comes back after 30 s, far beyond this test's run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_authentications_from_one_address_are_limited() {
+    let Some(app) = TestApp::spawn_with(crate::helpers::Backend::Sqlite, |config| {
+        config.auth_failures_per_minute = 2;
+    })
+    .await
+    else {
+        return;
+    };
+    let get_tasks = |authorization: Option<String>| {
+        let mut request = app.http.get(app.url("/v1/tasks"));
+        if let Some(authorization) = authorization {
+            request = request.header(header::AUTHORIZATION, authorization);
+        }
+        request.send()
+    };
+    let unknown = || Some("Bearer live_00000000000000000000000000000000deadbeef".to_owned());
+    let good = || Some(format!("Bearer {}", app.api_key));
+
+    // No credentials at all guess nothing: never counted.
+    for _ in 0..5 {
+        let response = get_tasks(None).await.expect("sent");
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
+    let first = get_tasks(unknown()).await.expect("sent");
+    assert_eq!(first.status(), StatusCode::UNAUTHORIZED);
+    // Within the budget a valid key works, and spends nothing of it.
+    for _ in 0..3 {
+        let good_within = get_tasks(good()).await.expect("sent");
+        assert_eq!(good_within.status(), StatusCode::OK);
+    }
+    let second = get_tasks(unknown()).await.expect("sent");
+    assert_eq!(second.status(), StatusCode::UNAUTHORIZED, "the burst is 2");
+
+    let refused = get_tasks(unknown()).await.expect("sent");
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = refused.headers()[header::RETRY_AFTER]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!(
+        (1..=30).contains(&retry_after),
+        "one failure back in at most 30 s: {retry_after}"
+    );
+    let body: Value = refused.json().await.expect("JSON");
+    assert_eq!(body["status_code"], 429, "{body}");
+
+    // Refused before the key is looked at: a valid key from the address waits too.
+    let good_after = get_tasks(good()).await.expect("sent");
+    assert_eq!(good_after.status(), StatusCode::TOO_MANY_REQUESTS);
+
+    let mut tasks = TaskServiceClient::connect(app.base_url.clone())
+        .await
+        .expect("grpc connect");
+    for authorization in [unknown(), good()] {
+        let request = with_auth(authorization.as_deref(), proto::ListTasksRequest::default());
+        let status = tasks.list_tasks(request).await.expect_err("refused");
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    }
+}
