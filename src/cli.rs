@@ -86,6 +86,9 @@ pub struct ServeArgs {
     /// Allow callbacks to loopback, private, link-local and cloud-metadata addresses.
     #[arg(long, env = "ANNOTASK_ALLOW_PRIVATE_CALLBACKS")]
     pub allow_private_callbacks: bool,
+    /// Failed authentications one client address (IPv6: its /64) may make in a burst and per minute; past that, 429 for all its requests until it refills. 0 turns the limit off (e.g. behind a proxy, where every client shares its address).
+    #[arg(long, env = "ANNOTASK_AUTH_FAILURES_PER_MINUTE", default_value_t = 20)]
+    pub auth_failures_per_minute: u32,
 }
 
 impl ServeArgs {
@@ -101,6 +104,7 @@ impl ServeArgs {
         config.callbacks.attempt_timeout = self.callback_timeout;
         config.callbacks.allow_private = self.allow_private_callbacks;
         config.database_max_connections = self.database_max_connections.max(1);
+        config.auth_failures_per_minute = self.auth_failures_per_minute;
         config
     }
 }

@@ -95,6 +95,9 @@ pub struct Config {
     pub database_max_connections: u32,
     /// How often the queue and delivery gauges are refreshed.
     pub gauge_interval: Duration,
+    /// Failed authentications a client address may make in a burst, and per minute after;
+    /// past that its requests get 429 / `RESOURCE_EXHAUSTED`. 0: no limit.
+    pub auth_failures_per_minute: u32,
 }
 
 impl Config {
@@ -108,6 +111,7 @@ impl Config {
             callbacks: CallbackSettings::default(),
             database_max_connections: 32,
             gauge_interval: Duration::from_secs(15),
+            auth_failures_per_minute: 20,
         }
     }
 }

@@ -37,6 +37,11 @@ pub enum Error {
     /// The first request with this Idempotency-Key is still running: 429 / `RESOURCE_EXHAUSTED`.
     #[error("A request with this Idempotency-Key is still in progress; retry shortly.")]
     IdempotencyInFlight,
+    /// Too many failed authentications from the caller's address: 429 / `RESOURCE_EXHAUSTED`.
+    #[error(
+        "Too many failed authentication attempts from your address; retry in {retry_after_secs} s."
+    )]
+    TooManyAuthFailures { retry_after_secs: u64 },
     /// Request body over the configured limit: 413 / `RESOURCE_EXHAUSTED`.
     #[error("{0}")]
     PayloadTooLarge(String),
@@ -83,6 +88,7 @@ impl Error {
             Error::Conflict(_) => "ALREADY_EXISTS",
             Error::IdempotencyConflict(_) => "IDEMPOTENCY_KEY_CONFLICT",
             Error::IdempotencyInFlight => "IDEMPOTENCY_KEY_IN_FLIGHT",
+            Error::TooManyAuthFailures { .. } => "TOO_MANY_AUTH_FAILURES",
             Error::PayloadTooLarge(_) => "PAYLOAD_TOO_LARGE",
             Error::Unavailable => "UNAVAILABLE",
             Error::Internal => "INTERNAL",
@@ -96,6 +102,10 @@ impl Error {
                 ("unique_id".to_owned(), unique_id.clone()),
                 ("conflicting_task_id".to_owned(), task_id.clone()),
             ]),
+            Error::TooManyAuthFailures { retry_after_secs } => HashMap::from([(
+                "retry_after_seconds".to_owned(),
+                retry_after_secs.to_string(),
+            )]),
             _ => HashMap::new(),
         }
     }

@@ -160,7 +160,11 @@ impl App {
                 tracing::debug!(error = %err, "cannot set TCP_NODELAY");
             }
         });
-        let served = axum::serve(listener, router).with_graceful_shutdown(async move {
+        let served = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
             shutdown.await;
             signalled.notify_one();
         });

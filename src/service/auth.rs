@@ -1,5 +1,12 @@
 //! API keys: generation, hashing and authentication of every request.
 
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
 use base64::{engine::general_purpose::STANDARD, Engine};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -68,8 +75,27 @@ pub(super) fn require_admin(caller: Caller) -> Result<Scope> {
 }
 
 impl Service {
-    /// Resolves the `Authorization` header (or gRPC metadata) to the caller.
-    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Caller> {
+    /// Resolves the `Authorization` header (or gRPC metadata) to the caller. `client` is the
+    /// peer's address when the transport knows it: an address with too many failed attempts
+    /// is refused before its key is even hashed, whatever the key (see `FailedAuthLimiter`).
+    pub async fn authenticate(
+        &self,
+        authorization: Option<&str>,
+        client: Option<IpAddr>,
+    ) -> Result<Caller> {
+        let Some(client) = client else {
+            return self.resolve_key(authorization).await;
+        };
+        self.auth_failures.check(client, Instant::now())?;
+        let outcome = self.resolve_key(authorization).await;
+        // No credentials at all guess nothing and cost no lookup: not counted.
+        if authorization.is_some() && matches!(outcome, Err(Error::Unauthenticated(_))) {
+            self.auth_failures.record_failure(client, Instant::now());
+        }
+        outcome
+    }
+
+    async fn resolve_key(&self, authorization: Option<&str>) -> Result<Caller> {
         let key = authorization
             .and_then(credential_from_authorization)
             .ok_or_else(|| {
@@ -267,9 +293,235 @@ impl KnownKeys {
     }
 }
 
+/// Failed authentications per client address, as a token bucket: `per_minute` failures in a
+/// burst, refilled at `per_minute` a minute. Only failures take tokens, so valid keys never use
+/// the budget up; but once it is spent every request from the address is refused (429) before
+/// its key is looked at, valid or not: a guess must never be checked, and telling a valid key
+/// apart would need the very lookup being shed. The cost is that a client sharing an address
+/// with a guesser (NAT) waits too, only while failures keep coming.
+///
+/// Failures arriving together may overdraw the bucket (each passed `check` before any was
+/// recorded); the debt is kept, up to an hour's refill, so concurrency buys no extra guesses
+/// over time.
+pub(super) struct FailedAuthLimiter {
+    /// 0: no limit.
+    per_minute: u32,
+    buckets: Mutex<Buckets>,
+}
+
+#[derive(Default)]
+struct Buckets {
+    by_client: HashMap<IpAddr, Bucket>,
+    last_prune: Option<Instant>,
+}
+
+#[derive(Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// Memory bound: about 64 bytes per tracked address, so at most a few MiB.
+const TRACKED_CLIENTS_MAX: usize = 50_000;
+/// Pruning scans every entry, so a flood from new addresses may trigger it at most this often.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(1);
+/// The most debt a burst of concurrent failures can run up, in minutes of refill.
+const MAX_DEBT_MINUTES: f64 = 60.0;
+
+impl FailedAuthLimiter {
+    pub(super) fn new(per_minute: u32) -> Self {
+        FailedAuthLimiter {
+            per_minute,
+            buckets: Mutex::new(Buckets::default()),
+        }
+    }
+
+    fn capacity(&self) -> f64 {
+        f64::from(self.per_minute)
+    }
+
+    fn refill_per_second(&self) -> f64 {
+        self.capacity() / 60.0
+    }
+
+    fn refilled(&self, bucket: Bucket, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
+        (bucket.tokens + elapsed * self.refill_per_second()).min(self.capacity())
+    }
+
+    /// Refuses the address while it has no failure left to spend.
+    pub(super) fn check(&self, client: IpAddr, now: Instant) -> Result<()> {
+        if self.per_minute == 0 {
+            return Ok(());
+        }
+        let buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(bucket) = buckets.by_client.get(&client_key(client)) else {
+            return Ok(());
+        };
+        let tokens = self.refilled(*bucket, now);
+        if tokens >= 1.0 {
+            return Ok(());
+        }
+        let wait = (1.0 - tokens) / self.refill_per_second();
+        // Whole seconds, rounded up: a client that waits as told is let in.
+        let retry_after_secs = wait.ceil().max(1.0) as u64;
+        Err(Error::TooManyAuthFailures { retry_after_secs })
+    }
+
+    pub(super) fn record_failure(&self, client: IpAddr, now: Instant) {
+        if self.per_minute == 0 {
+            return;
+        }
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = client_key(client);
+        if !buckets.by_client.contains_key(&key)
+            && buckets.by_client.len() >= TRACKED_CLIENTS_MAX
+            && !self.prune(&mut buckets, now)
+        {
+            // Full of addresses still refused: they stay refused; this one goes untracked.
+            tracing::warn!(
+                tracked = buckets.by_client.len(),
+                "failed-authentication limiter full"
+            );
+            return;
+        }
+        let floor = -MAX_DEBT_MINUTES * self.capacity();
+        let tokens = match buckets.by_client.get(&key) {
+            Some(bucket) => self.refilled(*bucket, now),
+            None => self.capacity(),
+        };
+        buckets.by_client.insert(
+            key,
+            Bucket {
+                tokens: (tokens - 1.0).max(floor),
+                at: now,
+            },
+        );
+    }
+
+    /// Forgets addresses that are not refused now (what they spent is forgiven); true when
+    /// that made room. Runs at most once per `PRUNE_INTERVAL`.
+    fn prune(&self, buckets: &mut Buckets, now: Instant) -> bool {
+        if buckets
+            .last_prune
+            .is_some_and(|at| now.saturating_duration_since(at) < PRUNE_INTERVAL)
+        {
+            return false;
+        }
+        buckets.last_prune = Some(now);
+        buckets
+            .by_client
+            .retain(|_, bucket| self.refilled(*bucket, now) < 1.0);
+        buckets.by_client.len() < TRACKED_CLIENTS_MAX
+    }
+
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
+        self.buckets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .by_client
+            .len()
+    }
+}
+
+/// One budget per IPv4 address, and per IPv6 /64: whoever holds one IPv6 address usually
+/// holds its whole /64.
+fn client_key(client: IpAddr) -> IpAddr {
+    match client {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn an_address_is_refused_after_its_burst_of_failures_and_let_in_as_it_refills() {
+        let limiter = FailedAuthLimiter::new(20);
+        let start = Instant::now();
+        for attempt in 0..20 {
+            assert!(limiter.check(ip("10.0.0.1"), start).is_ok(), "{attempt}");
+            limiter.record_failure(ip("10.0.0.1"), start);
+        }
+        assert_eq!(
+            limiter.check(ip("10.0.0.1"), start),
+            Err(Error::TooManyAuthFailures {
+                retry_after_secs: 3
+            }),
+            "20 a minute: one failure back every 3 s"
+        );
+        assert!(limiter.check(ip("10.0.0.2"), start).is_ok(), "per address");
+        assert!(limiter
+            .check(ip("10.0.0.1"), start + Duration::from_secs(3))
+            .is_ok());
+    }
+
+    #[test]
+    fn concurrent_failures_run_up_a_debt_that_delays_the_next_attempt() {
+        let limiter = FailedAuthLimiter::new(20);
+        let now = Instant::now();
+        for _ in 0..40 {
+            limiter.record_failure(ip("10.0.0.1"), now);
+        }
+        // 20 over the budget: a minute to pay back, plus 3 s for one token.
+        assert_eq!(
+            limiter.check(ip("10.0.0.1"), now),
+            Err(Error::TooManyAuthFailures {
+                retry_after_secs: 63
+            })
+        );
+    }
+
+    #[test]
+    fn ipv6_addresses_share_their_64_and_mapped_ipv4_is_ipv4() {
+        let limiter = FailedAuthLimiter::new(1);
+        let now = Instant::now();
+        limiter.record_failure(ip("2001:db8:1:2::1"), now);
+        assert!(limiter.check(ip("2001:db8:1:2:ffff::9"), now).is_err());
+        assert!(limiter.check(ip("2001:db8:1:3::1"), now).is_ok());
+        limiter.record_failure(ip("::ffff:10.0.0.7"), now);
+        assert!(limiter.check(ip("10.0.0.7"), now).is_err());
+    }
+
+    #[test]
+    fn zero_disables_the_limit() {
+        let limiter = FailedAuthLimiter::new(0);
+        let now = Instant::now();
+        for _ in 0..100 {
+            limiter.record_failure(ip("10.0.0.1"), now);
+        }
+        assert!(limiter.check(ip("10.0.0.1"), now).is_ok());
+        assert_eq!(limiter.tracked(), 0);
+    }
+
+    #[test]
+    fn the_limiter_tracks_a_bounded_number_of_addresses() {
+        let limiter = FailedAuthLimiter::new(1);
+        let start = Instant::now();
+        let address = |n: usize| IpAddr::V4(std::net::Ipv4Addr::from(n as u32));
+        for n in 0..TRACKED_CLIENTS_MAX + 1000 {
+            limiter.record_failure(address(n), start);
+        }
+        assert_eq!(limiter.tracked(), TRACKED_CLIENTS_MAX, "never more");
+        assert!(
+            limiter.check(address(0), start).is_err(),
+            "refused addresses are kept"
+        );
+        // A minute later every one of them has refilled: a new address makes room.
+        let later = start + Duration::from_secs(61);
+        limiter.record_failure(address(usize::MAX >> 1), later);
+        assert_eq!(limiter.tracked(), 1);
+    }
 
     #[test]
     fn basic_auth_takes_the_user_name_as_the_key() {

@@ -43,6 +43,7 @@ pub struct Service {
     callbacks: CallbackSettings,
     in_flight: idempotency::InFlightKeys,
     known_keys: auth::KnownKeys,
+    auth_failures: auth::FailedAuthLimiter,
     /// Wakes this process's callback worker when a change commits a delivery.
     deliveries_waiting: Notify,
     /// Plain creates, committed together.
@@ -67,6 +68,7 @@ impl Service {
             callbacks: config.callbacks.clone(),
             in_flight: idempotency::InFlightKeys::default(),
             known_keys: auth::KnownKeys::default(),
+            auth_failures: auth::FailedAuthLimiter::new(config.auth_failures_per_minute),
             deliveries_waiting: Notify::new(),
         }
     }

@@ -139,7 +139,96 @@ async fn hostile_paths_and_queries_never_cause_a_server_error(app: TestApp) {
     }
 }
 
+/// SPEC's NUL rule: text kept in its own column (names, ids, instruction, tags, URLs) must not
+/// hold a NUL; a body with one is a 400 naming the field, on both backends (PostgreSQL could
+/// not store it; SQLite could, so "any non-5xx" would let a silent store through).
+async fn a_nul_in_stored_text_is_a_400_naming_the_field(app: TestApp) {
+    let (status, task) = app.create_image_task(json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{task}");
+    let id = task["task_id"].as_str().expect("task_id").to_owned();
+    app.create_project("nul-project", "imageannotation").await;
+    let task_with = |field: &str, value: Value| {
+        let mut body = json!({
+            "instruction": "Draw a box around each car",
+            "attachment": "https://example.com/car.png",
+            "geometries": {"box": {"objects_to_annotate": ["car"]}},
+        });
+        body[field] = value;
+        body
+    };
+    let cases = [
+        (
+            "/v1/task/imageannotation".to_owned(),
+            task_with("instruction", json!("a\u{0}b")),
+            "instruction",
+        ),
+        (
+            "/v1/task/imageannotation".to_owned(),
+            task_with("unique_id", json!("a\u{0}b")),
+            "unique_id",
+        ),
+        (
+            "/v1/task/imageannotation".to_owned(),
+            task_with("callback_url", json!("https://e.com/\u{0}")),
+            "callback_url",
+        ),
+        (
+            "/v1/task/imageannotation".to_owned(),
+            task_with("project", json!("nul\u{0}project")),
+            "project",
+        ),
+        (
+            format!("/v1/task/{id}/unique_id"),
+            json!({"unique_id": "a\u{0}b"}),
+            "unique_id",
+        ),
+        (
+            format!("/v1/task/{id}/tags"),
+            json!(["fine", "a\u{0}b"]),
+            "tags",
+        ),
+        (
+            "/v1/projects".to_owned(),
+            json!({"name": "a\u{0}b", "type": "imageannotation"}),
+            "name",
+        ),
+        (
+            "/v1/batches".to_owned(),
+            json!({"name": "nul-batch", "project": "nul\u{0}project"}),
+            "project",
+        ),
+    ];
+    for (path, body, field) in cases {
+        let (status, answer) = app.post(&path, &body).await;
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "POST {path} {body}: {answer}"
+        );
+        assert_eq!(answer["status_code"], 400, "{answer}");
+        let message = answer["error"].as_str().expect("error text");
+        assert!(
+            message.contains("NUL") && message.contains(field),
+            "POST {path}: the error names the rule and the field '{field}': {message}"
+        );
+    }
+    // Nothing was stored: the task keeps its own unique_id and tags.
+    let (status, unchanged) = app.get(&format!("/v1/task/{id}")).await;
+    assert_eq!(status, StatusCode::OK, "{unchanged}");
+    assert!(
+        unchanged.get("unique_id").is_none_or(Value::is_null),
+        "{unchanged}"
+    );
+    assert!(
+        unchanged
+            .get("tags")
+            .is_none_or(|tags| tags.as_array().is_some_and(Vec::is_empty)),
+        "{unchanged}"
+    );
+}
+
 backend_tests!(
+    a_nul_in_stored_text_is_a_400_naming_the_field,
     hostile_creation_fields_never_cause_a_server_error,
     hostile_bodies_never_cause_a_server_error,
     hostile_paths_and_queries_never_cause_a_server_error,

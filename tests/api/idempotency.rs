@@ -392,9 +392,28 @@ async fn a_crash_mid_request_leaves_no_stuck_key_and_no_orphan_task(app: TestApp
     assert_eq!(total_tasks(&app).await, REQUESTS as u64);
 }
 
+/// Rows in `idempotency_keys`, read from the database itself (this test's database only).
+async fn idempotency_rows(app: &TestApp) -> i64 {
+    use sea_orm::{ConnectionTrait, Statement};
+    let db = sea_orm::Database::connect(&app.database_url)
+        .await
+        .expect("connect");
+    let row = db
+        .query_one(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT COUNT(*) AS n FROM idempotency_keys",
+        ))
+        .await
+        .expect("count")
+        .expect("one row");
+    let rows = row.try_get::<i64>("", "n").expect("a count");
+    let _ = db.close().await;
+    rows
+}
+
 async fn keys_expire_after_their_ttl_and_are_swept(backend: Backend) {
     let Some(app) = TestApp::spawn_with(backend, |config| {
-        config.idempotency_ttl = Duration::from_millis(500);
+        config.idempotency_ttl = Duration::from_secs(1);
         config.sweep_interval = Duration::from_millis(100);
     })
     .await
@@ -409,8 +428,20 @@ async fn keys_expire_after_their_ttl_and_are_swept(backend: Backend) {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{first}");
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    // After expiry the key is free again, even for different parameters.
+    assert_eq!(idempotency_rows(&app).await, 1, "the key is stored");
+
+    // The background sweeper deletes the row once it expires; nothing here sweeps. The
+    // deadline only bounds the wait on a slow machine.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while idempotency_rows(&app).await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the background sweeper never deleted the expired key"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The key is free again, even for different parameters.
     let (status, replayed, second) = create_with_key(
         &app,
         &app.api_key,
@@ -422,17 +453,7 @@ async fn keys_expire_after_their_ttl_and_are_swept(backend: Backend) {
     assert_eq!(replayed, None);
     assert_ne!(first, second);
     assert_eq!(total_tasks(&app).await, 2);
-
-    // The background sweeper removes expired rows on its own.
-    tokio::time::sleep(Duration::from_millis(2000)).await;
-    assert_eq!(
-        app.service
-            .sweep_expired_idempotency_keys()
-            .await
-            .expect("sweep"),
-        0,
-        "the background sweeper should already have deleted the expired key"
-    );
+    assert_eq!(idempotency_rows(&app).await, 1, "stored again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

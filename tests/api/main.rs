@@ -4,6 +4,7 @@
 mod helpers;
 
 mod admin;
+mod authz_matrix;
 mod bulk;
 mod callbacks;
 mod crash_cycles;

@@ -1142,6 +1142,9 @@ async fn audit_of_a_pending_task_is_a_400(app: TestApp) {
     assert_eq!(unchanged["audits"], json!([]));
 }
 
+/// A race test: on SQLite (one writer connection, so every write transaction runs alone)
+/// the requests cannot interleave and only the outcome is checked; the PostgreSQL run (a pool
+/// of connections, two commit groups) drives real concurrency and is the one that can fail.
 async fn concurrent_creations_with_one_unique_id_make_exactly_one_task(app: TestApp) {
     let answers =
         join_all((0..20).map(|_| app.create_image_task(json!({"unique_id": "race"})))).await;
@@ -1169,7 +1172,8 @@ async fn concurrent_creations_with_one_unique_id_make_exactly_one_task(app: Test
 }
 
 /// Concurrent creates are committed in groups: a unique_id conflict must refuse only its own
-/// task, never the others that shared its transaction.
+/// task, never the others that shared its transaction. (Groups form on both backends; the
+/// cross-group race on one unique_id is real only on PostgreSQL, as above.)
 async fn a_unique_id_conflict_among_concurrent_creates_refuses_only_its_own_task(app: TestApp) {
     let answers = join_all((0..40).map(|n| {
         let unique_id = if n % 4 == 0 {
@@ -1206,6 +1210,11 @@ async fn a_unique_id_conflict_among_concurrent_creates_refuses_only_its_own_task
     assert_eq!(all["total"], 31, "{all}");
 }
 
+/// A race test: on SQLite (one writer connection, so every write transaction runs alone)
+/// the requests cannot interleave and only the outcome is checked; the PostgreSQL run (a pool
+/// of connections, two commit groups) drives real concurrency and is the one that can fail.
+/// (Checked: without the row lock in `Store::update_task`, PostgreSQL loses tags here and
+/// SQLite still passes.)
 async fn concurrent_tag_additions_are_never_lost(app: TestApp) {
     let task = create_image(&app, json!({})).await;
     let path = format!("/v1/task/{}/tags", task_id(&task));
@@ -1236,6 +1245,9 @@ async fn concurrent_tag_additions_are_never_lost(app: TestApp) {
     assert_eq!(listed["total"], 1, "{listed}");
 }
 
+/// A race test: on SQLite (one writer connection, so every write transaction runs alone)
+/// the requests cannot interleave and only the outcome is checked; the PostgreSQL run (a pool
+/// of connections, two commit groups) drives real concurrency and is the one that can fail.
 async fn concurrent_updates_to_one_unique_id_leave_exactly_one_holder(app: TestApp) {
     let mut tasks = Vec::new();
     for _ in 0..10 {

@@ -60,6 +60,8 @@ async fn the_official_scale_python_client_works_unchanged(app: TestApp) {
         .env("ANNOTASK_API_KEY", &app.api_key)
         .env("PYTHONUNBUFFERED", "1")
         .env("PYTHONDONTWRITEBYTECODE", "1")
+        // As `python -O` would: the checks are plain calls, not `assert`s, so they still run.
+        .env("PYTHONOPTIMIZE", "2")
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output();
@@ -83,6 +85,28 @@ async fn the_official_scale_python_client_works_unchanged(app: TestApp) {
 }
 
 backend_tests!(the_official_scale_python_client_works_unchanged);
+
+/// `python -O` (or PYTHONOPTIMIZE, which some CI images set) strips every `assert`: a check
+/// written as one would pass without checking. The script fails through `expect()` instead.
+#[test]
+fn the_python_check_has_no_assert_statements() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scale_client/check_scaleapi.py");
+    let source = std::fs::read_to_string(&script).expect("script");
+    let asserts: Vec<&str> = source
+        .lines()
+        .filter(|line| {
+            let code = line.trim_start();
+            code.starts_with("assert ") || code.starts_with("assert(")
+        })
+        .collect();
+    assert!(
+        asserts.is_empty(),
+        "use expect(condition, message): {asserts:?}"
+    );
+    assert!(
+        source.contains("def expect(condition, message)") && source.contains("raise CheckFailed(")
+    );
+}
 
 // ------------------------------------------------------------------ the command line
 

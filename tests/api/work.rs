@@ -578,6 +578,10 @@ fn assert_each_task_handed_out_once(handed_out: &[String], created: usize) {
     assert_eq!(handed_out.len(), created, "every task handed out");
 }
 
+/// A race test: on SQLite claims are write transactions on its one writer, so they cannot
+/// interleave and only the outcome is checked; on PostgreSQL the claimers run on separate
+/// connections at once (and across replicas in the multi-process test), where a claim without
+/// `SKIP LOCKED`-style exclusion could hand a task out twice.
 async fn concurrent_claimers_never_receive_the_same_task(app: TestApp) {
     const TASKS: usize = 60;
     join_all((0..TASKS).map(|_| app.create_image_task(json!({})))).await;

@@ -53,6 +53,16 @@ client = scaleapi.ScaleClient(KEY, api_instance_url=URL)
 state = {}
 
 
+class CheckFailed(Exception):
+    """A failed check. Not `assert`: `python -O` / PYTHONOPTIMIZE would strip every assert
+    and let each check pass without checking anything."""
+
+
+def expect(condition, message):
+    if not condition:
+        raise CheckFailed(message)
+
+
 def uid(name):
     return f"{RUN}-{name}"
 
@@ -64,10 +74,10 @@ def expect_error(exc_type, call, *args, **kwargs):
     except exc_type as err:
         return err
     except ScaleException as err:
-        raise AssertionError(
+        raise CheckFailed(
             f"expected {exc_type.__name__}, got {type(err).__name__}: {err}"
         ) from err
-    raise AssertionError(
+    raise CheckFailed(
         f"expected {exc_type.__name__}, but the call succeeded: {result!r}"
     )
 
@@ -90,14 +100,14 @@ def image_task(**extra):
 
 def check_task_shape(task, task_type):
     body = task.as_dict()
-    assert TASK_ID.match(task.id), f"task_id is not 24 lowercase hex: {task.id!r}"
-    assert body["task_id"] == task.id
-    assert body["type"] == task_type, f"type {body['type']!r} != {task_type!r}"
-    assert body["status"] == "pending", f"status {body['status']!r}"
+    expect(TASK_ID.match(task.id), f"task_id is not 24 lowercase hex: {task.id!r}")
+    expect(body["task_id"] == task.id, 'body["task_id"] == task.id')
+    expect(body["type"] == task_type, f"type {body['type']!r} != {task_type!r}")
+    expect(body["status"] == "pending", f"status {body['status']!r}")
     for field in ("created_at", "updated_at"):
-        assert TIMESTAMP.match(body.get(field, "")), f"{field} {body.get(field)!r}"
-    assert "completed_at" not in body, f"completed_at on a pending task: {body}"
-    assert isinstance(body.get("params"), dict), f"params: {body.get('params')!r}"
+        expect(TIMESTAMP.match(body.get(field, "")), f"{field} {body.get(field)!r}")
+    expect("completed_at" not in body, f"completed_at on a pending task: {body}")
+    expect(isinstance(body.get("params"), dict), f"params: {body.get('params')!r}")
 
 
 # ---------------------------------------------------------------------------- checks
@@ -117,17 +127,17 @@ def projects_are_created_fetched_listed_and_refused_twice():
         TaskType.ImageAnnotation,
         params={"instruction": "Draw a box around each car"},
     )
-    assert project.name == PROJECT and project.type == "imageannotation", project.as_dict()
-    assert project.version == 0, project.as_dict()
-    assert project.instruction == "Draw a box around each car", project.as_dict()
+    expect(project.name == PROJECT and project.type == "imageannotation", project.as_dict())
+    expect(project.version == 0, project.as_dict())
+    expect(project.instruction == "Draw a box around each car", project.as_dict())
     client.create_project(OTHER_PROJECT, TaskType.ImageAnnotation)
     client.create_project(TEXT_PROJECT, TaskType.Categorization)
     fetched = client.get_project(PROJECT)
-    assert fetched.as_dict() == project.as_dict(), (fetched.as_dict(), project.as_dict())
+    expect(fetched.as_dict() == project.as_dict(), (fetched.as_dict(), project.as_dict()))
     names = [p.name for p in client.projects()]
-    assert {PROJECT, OTHER_PROJECT, TEXT_PROJECT} <= set(names), names
+    expect({PROJECT, OTHER_PROJECT, TEXT_PROJECT} <= set(names), names)
     err = expect_error(ScaleDuplicateResource, client.create_project, PROJECT, TaskType.ImageAnnotation)
-    assert err.code == 409, err.code
+    expect(err.code == 409, err.code)
     expect_error(ScaleResourceNotFound, client.get_project, f"{PROJECT}-nobody")
 
 
@@ -140,16 +150,16 @@ def create_an_image_annotation_task_with_attachment_and_geometries():
     )
     check_task_shape(task, "imageannotation")
     params = task.params
-    assert params.get("attachment") == "https://example.com/car.png", params
-    assert params.get("attachment_type") == "image", params
-    assert params.get("geometries") == {
+    expect(params.get("attachment") == "https://example.com/car.png", params)
+    expect(params.get("attachment_type") == "image", params)
+    expect(params.get("geometries") == {
         "box": {"objects_to_annotate": ["car"], "min_height": 5}
-    }, params
-    assert task.instruction == "Draw a box around each car", task.as_dict()
-    assert task.unique_id == uid("img-1"), task.as_dict()
-    assert task.project == PROJECT, task.as_dict()
-    assert task.metadata == {"run": RUN, "nested": {"n": 1}}, task.metadata
-    assert task.tags == ["first"], task.as_dict()
+    }, params)
+    expect(task.instruction == "Draw a box around each car", task.as_dict())
+    expect(task.unique_id == uid("img-1"), task.as_dict())
+    expect(task.project == PROJECT, task.as_dict())
+    expect(task.metadata == {"run": RUN, "nested": {"n": 1}}, task.metadata)
+    expect(task.tags == ["first"], task.as_dict())
     state["image"] = task
 
 
@@ -166,11 +176,11 @@ def create_a_categorization_task_with_instruction_attachment_and_categories():
     )
     check_task_shape(task, "categorization")
     params = task.params
-    assert params.get("categories") == ["yes", "no"], params
-    assert params.get("attachment") == "A red car drives by.", params
-    assert params.get("attachment_type") == "text", params
-    assert task.metadata == {}, f"metadata defaults to {{}}: {task.as_dict()}"
-    assert "tags" not in task.as_dict(), f"tags never set: {task.as_dict()}"
+    expect(params.get("categories") == ["yes", "no"], params)
+    expect(params.get("attachment") == "A red car drives by.", params)
+    expect(params.get("attachment_type") == "text", params)
+    expect(task.metadata == {}, f"metadata defaults to {{}}: {task.as_dict()}")
+    expect("tags" not in task.as_dict(), f"tags never set: {task.as_dict()}")
     state["categorization"] = task
 
 
@@ -179,10 +189,8 @@ def get_task_returns_the_created_task_unchanged():
     for name in ("image", "categorization"):
         created = state[name]
         fetched = client.get_task(created.id)
-        assert fetched.id == created.id
-        assert fetched.as_dict() == created.as_dict(), (
-            f"created {created.as_dict()} != fetched {fetched.as_dict()}"
-        )
+        expect(fetched.id == created.id, 'fetched.id == created.id')
+        expect(fetched.as_dict() == created.as_dict(), f"created {created.as_dict()} != fetched {fetched.as_dict()}")
 
 
 @check
@@ -191,7 +199,7 @@ def create_four_more_tasks_in_the_project():
     for task in extra:
         check_task_shape(task, "imageannotation")
     state["all_ids"] = [state["image"].id] + [t.id for t in extra]
-    assert len(set(state["all_ids"])) == 5, state["all_ids"]
+    expect(len(set(state["all_ids"])) == 5, state["all_ids"])
 
 
 @check
@@ -205,78 +213,76 @@ def tasks_pages_by_next_token_and_sees_every_task_exactly_once():
             kwargs["next_token"] = next_token
         page = client.tasks(**kwargs)
         pages += 1
-        assert pages <= 5, "paging does not end"
-        assert page.total == 5, f"page {pages}: total {page.total}, expected 5"
-        assert page.limit == 2, f"page {pages}: limit {page.limit}"
-        assert page.offset == 0, f"page {pages}: offset {page.offset}"
-        assert 1 <= len(page.docs) <= 2, f"page {pages}: {len(page.docs)} docs"
+        expect(pages <= 5, "paging does not end")
+        expect(page.total == 5, f"page {pages}: total {page.total}, expected 5")
+        expect(page.limit == 2, f"page {pages}: limit {page.limit}")
+        expect(page.offset == 0, f"page {pages}: offset {page.offset}")
+        expect(1 <= len(page.docs) <= 2, f"page {pages}: {len(page.docs)} docs")
         seen.extend(page.docs)
         if not page.has_more:
-            assert page.next_token is None, f"next_token without has_more: {page.next_token!r}"
+            expect(page.next_token is None, f"next_token without has_more: {page.next_token!r}")
             break
-        assert page.next_token, f"page {pages}: has_more without next_token"
+        expect(page.next_token, f"page {pages}: has_more without next_token")
         next_token = page.next_token
     ids = [t.id for t in seen]
-    assert pages == 3, f"5 tasks at limit 2 take 3 pages, took {pages}"
-    assert len(ids) == len(set(ids)), f"a task was listed twice: {ids}"
-    assert set(ids) == set(state["all_ids"]), f"listed {ids}, created {state['all_ids']}"
+    expect(pages == 3, f"5 tasks at limit 2 take 3 pages, took {pages}")
+    expect(len(ids) == len(set(ids)), f"a task was listed twice: {ids}")
+    expect(set(ids) == set(state["all_ids"]), f"listed {ids}, created {state['all_ids']}")
     keys = [(t.created_at, t.id) for t in seen]
-    assert keys == sorted(keys, reverse=True), f"not newest first: {keys}"
+    expect(keys == sorted(keys, reverse=True), f"not newest first: {keys}")
 
 
 @check
 def get_tasks_generator_yields_every_project_task_once():
     for limit in (2, None):
         ids = [t.id for t in client.get_tasks(project_name=PROJECT, limit=limit)]
-        assert len(ids) == len(set(ids)), f"limit={limit}: duplicates {ids}"
-        assert set(ids) == set(state["all_ids"]), f"limit={limit}: {ids}"
+        expect(len(ids) == len(set(ids)), f"limit={limit}: duplicates {ids}")
+        expect(set(ids) == set(state["all_ids"]), f"limit={limit}: {ids}")
 
 
 @check
 def get_tasks_count_counts_the_project_and_honours_filters():
-    assert client.get_tasks_count(project_name=PROJECT) == 5
+    expect(client.get_tasks_count(project_name=PROJECT) == 5, 'client.get_tasks_count(project_name=PROJECT) == 5')
     count = client.get_tasks_count(
         project_name=PROJECT, unique_id=[uid("img-1"), uid("img-2"), uid("cat-1")]
     )
-    assert count == 2, f"unique_id filter counted {count}"
+    expect(count == 2, f"unique_id filter counted {count}")
     count = client.get_tasks_count(project_name=PROJECT, task_type=TaskType.Categorization)
-    assert count == 0, f"type filter counted {count}"
+    expect(count == 0, f"type filter counted {count}")
     count = client.get_tasks_count(project_name=TEXT_PROJECT, task_type=TaskType.Categorization)
-    assert count == 1, f"type filter counted {count}"
+    expect(count == 1, f"type filter counted {count}")
     count = client.get_tasks_count(project_name=PROJECT, tags="first")
-    assert count == 1, f"tags filter counted {count}"
-    assert client.get_tasks_count(project_name=f"{PROJECT}-nobody") == 0
+    expect(count == 1, f"tags filter counted {count}")
+    expect(client.get_tasks_count(project_name=f"{PROJECT}-nobody") == 0, 'client.get_tasks_count(project_name=f"{PROJECT}-nobody") == 0')
 
 
 @check
 def limited_response_keeps_only_the_documented_fields():
     page = client.tasks(project=PROJECT, limit=5, limited_response=True)
-    assert len(page.docs) == 5, len(page.docs)
+    expect(len(page.docs) == 5, len(page.docs))
     for task in page.docs:
         keys = set(task.as_dict())
-        assert {"task_id", "status"} <= keys, keys
+        expect({"task_id", "status"} <= keys, keys)
         extra = keys - {"task_id", "status", "metadata", "project", "otherVersion"}
-        assert not extra, f"limited_response returned {sorted(extra)}"
+        expect(not extra, f"limited_response returned {sorted(extra)}")
 
 
 @check
 def a_taken_unique_id_raises_duplicate_resource_naming_the_holder():
     holder = state["image"].id
     err = expect_error(ScaleDuplicateResource, image_task, unique_id=uid("img-1"))
-    assert err.code == 409, err.code
-    assert err.message.rstrip(". ").endswith(f"({holder})"), (
-        f"message does not end with the holder ({holder}): {err.message!r}"
-    )
-    assert uid("img-1") in err.message, f"unique_id not named in {err.message!r}"
-    assert client.get_tasks_count(project_name=PROJECT) == 5, "a task was created anyway"
+    expect(err.code == 409, err.code)
+    expect(err.message.rstrip(". ").endswith(f"({holder})"), f"message does not end with the holder ({holder}): {err.message!r}")
+    expect(uid("img-1") in err.message, f"unique_id not named in {err.message!r}")
+    expect(client.get_tasks_count(project_name=PROJECT) == 5, "a task was created anyway")
 
 
 @check
 def an_unknown_task_id_raises_resource_not_found():
     err = expect_error(ScaleResourceNotFound, client.get_task, UNKNOWN_TASK_ID)
-    assert err.code == 404, err.code
+    expect(err.code == 404, err.code)
     err = expect_error(ScaleResourceNotFound, client.get_task, "not-a-task-id")
-    assert err.code == 404, err.code
+    expect(err.code == 404, err.code)
     expect_error(ScaleResourceNotFound, client.cancel_task, UNKNOWN_TASK_ID)
     expect_error(ScaleResourceNotFound, client.set_task_metadata, UNKNOWN_TASK_ID, {"a": 1})
 
@@ -285,7 +291,7 @@ def an_unknown_task_id_raises_resource_not_found():
 def a_bad_api_key_raises_unauthorized():
     bad = scaleapi.ScaleClient("live_" + "0" * 32, api_instance_url=URL)
     err = expect_error(ScaleUnauthorized, bad.get_task, state["image"].id)
-    assert err.code == 401, err.code
+    expect(err.code == 401, err.code)
     expect_error(ScaleUnauthorized, bad.tasks, project=PROJECT)
     expect_error(
         ScaleUnauthorized,
@@ -308,8 +314,8 @@ def a_missing_required_field_raises_invalid_request_naming_it():
         geometries={"box": {"objects_to_annotate": ["car"]}},
         project=PROJECT,
     )
-    assert err.code == 400, err.code
-    assert "attachment" in err.message, f"field not named in {err.message!r}"
+    expect(err.code == 400, err.code)
+    expect("attachment" in err.message, f"field not named in {err.message!r}")
     err = expect_error(
         ScaleInvalidRequest,
         client.create_task,
@@ -319,32 +325,32 @@ def a_missing_required_field_raises_invalid_request_naming_it():
         attachment_type="text",
         project=TEXT_PROJECT,
     )
-    assert "categories" in err.message, f"field not named in {err.message!r}"
-    assert client.get_tasks_count(project_name=PROJECT) == 5, "a task was created anyway"
+    expect("categories" in err.message, f"field not named in {err.message!r}")
+    expect(client.get_tasks_count(project_name=PROJECT) == 5, "a task was created anyway")
 
 
 @check
 def cancel_with_clear_unique_id_frees_the_unique_id():
     task_id = state["all_ids"][-1]  # img-5
     canceled = client.cancel_task(task_id, clear_unique_id=True)
-    assert canceled.id == task_id
-    assert canceled.status == "canceled", canceled.as_dict()
-    assert not has_unique_id(canceled), f"unique_id kept: {canceled.as_dict()}"
+    expect(canceled.id == task_id, 'canceled.id == task_id')
+    expect(canceled.status == "canceled", canceled.as_dict())
+    expect(not has_unique_id(canceled), f"unique_id kept: {canceled.as_dict()}")
     fetched = client.get_task(task_id)
-    assert fetched.status == "canceled" and not has_unique_id(fetched), fetched.as_dict()
+    expect(fetched.status == "canceled" and not has_unique_id(fetched), fetched.as_dict())
     again = client.cancel_task(task_id)
-    assert again.status == "canceled", f"second cancel: {again.as_dict()}"
+    expect(again.status == "canceled", f"second cancel: {again.as_dict()}")
     reused = image_task(unique_id=uid("img-5"), project=OTHER_PROJECT)
-    assert reused.unique_id == uid("img-5") and reused.id != task_id, reused.as_dict()
+    expect(reused.unique_id == uid("img-5") and reused.id != task_id, reused.as_dict())
     state["reused"] = reused
 
 
 @check
 def status_filter_finds_the_canceled_task():
     ids = [t.id for t in client.get_tasks(project_name=PROJECT, status=TaskStatus.Canceled)]
-    assert ids == [state["all_ids"][-1]], f"canceled: {ids}"
+    expect(ids == [state["all_ids"][-1]], f"canceled: {ids}")
     count = client.get_tasks_count(project_name=PROJECT, status=TaskStatus.Pending)
-    assert count == 4, f"pending: {count}"
+    expect(count == 4, f"pending: {count}")
 
 
 @check
@@ -352,77 +358,77 @@ def set_task_metadata_replaces_the_metadata():
     task_id = state["categorization"].id
     before = client.get_task(task_id)
     updated = client.set_task_metadata(task_id, {"reviewed": True, "score": 0.5})
-    assert updated.metadata == {"reviewed": True, "score": 0.5}, updated.metadata
-    assert updated.updated_at >= before.updated_at, (before.updated_at, updated.updated_at)
-    assert client.get_task(task_id).metadata == {"reviewed": True, "score": 0.5}
+    expect(updated.metadata == {"reviewed": True, "score": 0.5}, updated.metadata)
+    expect(updated.updated_at >= before.updated_at, (before.updated_at, updated.updated_at))
+    expect(client.get_task(task_id).metadata == {"reviewed": True, "score": 0.5}, 'client.get_task(task_id).metadata == {"reviewed": True, "score": 0.5}')
     replaced = client.set_task_metadata(task_id, {"only": "this"})
-    assert replaced.metadata == {"only": "this"}, f"not replaced: {replaced.metadata}"
+    expect(replaced.metadata == {"only": "this"}, f"not replaced: {replaced.metadata}")
     # The client sends `{}` as an empty body with a JSON content type.
     emptied = client.set_task_metadata(task_id, {})
-    assert emptied.metadata == {}, f"set_task_metadata({{}}): {emptied.metadata}"
+    expect(emptied.metadata == {}, f"set_task_metadata({{}}): {emptied.metadata}")
 
 
 @check
 def set_task_metadata_works_on_a_canceled_task():
     task_id = state["all_ids"][-1]
     updated = client.set_task_metadata(task_id, {"after": "cancel"})
-    assert updated.status == "canceled" and updated.metadata == {"after": "cancel"}
+    expect(updated.status == "canceled" and updated.metadata == {"after": "cancel"}, 'updated.status == "canceled" and updated.metadata == {"after": "cancel"}')
 
 
 @check
 def update_task_unique_id_sets_it_and_a_taken_one_is_refused():
     task_id = state["categorization"].id
     updated = client.update_task_unique_id(task_id, uid("cat-renamed"))
-    assert updated.unique_id == uid("cat-renamed"), updated.as_dict()
+    expect(updated.unique_id == uid("cat-renamed"), updated.as_dict())
     found = list(client.get_tasks(project_name=TEXT_PROJECT, unique_id=uid("cat-renamed")))
-    assert [t.id for t in found] == [task_id], found
-    assert client.get_tasks_count(project_name=TEXT_PROJECT, unique_id=uid("cat-1")) == 0
+    expect([t.id for t in found] == [task_id], found)
+    expect(client.get_tasks_count(project_name=TEXT_PROJECT, unique_id=uid("cat-1")) == 0, 'client.get_tasks_count(project_name=TEXT_PROJECT, unique_id=uid("cat-1")) == 0')
     same = client.update_task_unique_id(task_id, uid("cat-renamed"))
-    assert same.unique_id == uid("cat-renamed"), f"own value: {same.as_dict()}"
+    expect(same.unique_id == uid("cat-renamed"), f"own value: {same.as_dict()}")
     holder = state["image"].id
     err = expect_error(
         ScaleDuplicateResource, client.update_task_unique_id, task_id, uid("img-1")
     )
-    assert f"({holder})" in err.message, f"holder {holder} not named in {err.message!r}"
-    assert client.get_task(task_id).unique_id == uid("cat-renamed"), "changed anyway"
+    expect(f"({holder})" in err.message, f"holder {holder} not named in {err.message!r}")
+    expect(client.get_task(task_id).unique_id == uid("cat-renamed"), "changed anyway")
 
 
 @check
 def clear_task_unique_id_removes_it_and_frees_the_value():
     task_id = state["categorization"].id
     cleared = client.clear_task_unique_id(task_id)
-    assert not has_unique_id(cleared), f"unique_id kept: {cleared.as_dict()}"
-    assert not has_unique_id(client.get_task(task_id))
+    expect(not has_unique_id(cleared), f"unique_id kept: {cleared.as_dict()}")
+    expect(not has_unique_id(client.get_task(task_id)), 'not has_unique_id(client.get_task(task_id))')
     taken = client.update_task_unique_id(state["all_ids"][2], uid("cat-renamed"))
-    assert taken.unique_id == uid("cat-renamed"), taken.as_dict()
+    expect(taken.unique_id == uid("cat-renamed"), taken.as_dict())
 
 
 @check
 def add_task_tags_appends_keeping_order_and_ignoring_duplicates():
     task_id = state["image"].id
     task = client.add_task_tags(task_id, ["blue", "red"])
-    assert task.tags == ["first", "blue", "red"], task.tags
+    expect(task.tags == ["first", "blue", "red"], task.tags)
     task = client.add_task_tags(task_id, ["red", "green", "blue"])
-    assert task.tags == ["first", "blue", "red", "green"], task.tags
-    assert client.get_task(task_id).tags == ["first", "blue", "red", "green"]
+    expect(task.tags == ["first", "blue", "red", "green"], task.tags)
+    expect(client.get_task(task_id).tags == ["first", "blue", "red", "green"], 'client.get_task(task_id).tags == ["first", "blue", "red", "green"]')
 
 
 @check
 def set_task_tags_replaces_all_tags():
     task_id = state["image"].id
     task = client.set_task_tags(task_id, ["alpha", "beta", "gamma"])
-    assert task.tags == ["alpha", "beta", "gamma"], task.tags
+    expect(task.tags == ["alpha", "beta", "gamma"], task.tags)
     ids = [t.id for t in client.get_tasks(project_name=PROJECT, tags=["alpha", "gamma"])]
-    assert ids == [task_id], f"tags filter: {ids}"
-    assert client.get_tasks_count(project_name=PROJECT, tags="first") == 0
+    expect(ids == [task_id], f"tags filter: {ids}")
+    expect(client.get_tasks_count(project_name=PROJECT, tags="first") == 0, 'client.get_tasks_count(project_name=PROJECT, tags="first") == 0')
 
 
 @check
 def delete_task_tags_removes_only_the_given_tags():
     task_id = state["image"].id
     task = client.delete_task_tags(task_id, ["beta", "not-there"])
-    assert task.tags == ["alpha", "gamma"], task.tags
-    assert client.get_task(task_id).tags == ["alpha", "gamma"]
+    expect(task.tags == ["alpha", "gamma"], task.tags)
+    expect(client.get_task(task_id).tags == ["alpha", "gamma"], 'client.get_task(task_id).tags == ["alpha", "gamma"]')
 
 
 @check
@@ -430,34 +436,34 @@ def an_empty_tag_is_refused_and_changes_nothing():
     task_id = state["image"].id
     expect_error(ScaleInvalidRequest, client.add_task_tags, task_id, ["ok", ""])
     expect_error(ScaleInvalidRequest, client.set_task_tags, task_id, ["ok", ""])
-    assert client.get_task(task_id).tags == ["alpha", "gamma"], "changed anyway"
+    expect(client.get_task(task_id).tags == ["alpha", "gamma"], "changed anyway")
 
 
 @check
 def set_task_tags_with_an_empty_list_removes_every_tag():
     # The client sends `[]` as an empty body with a JSON content type.
     task = client.set_task_tags(state["image"].id, [])
-    assert task.as_dict().get("tags", []) == [], task.as_dict()
+    expect(task.as_dict().get("tags", []) == [], task.as_dict())
 
 
 @check
 def tasks_of_another_project_are_not_listed():
     ids = [t.id for t in client.get_tasks(project_name=OTHER_PROJECT)]
-    assert ids == [state["reused"].id], ids
-    assert client.get_tasks_count(project_name=PROJECT) == 5
+    expect(ids == [state["reused"].id], ids)
+    expect(client.get_tasks_count(project_name=PROJECT) == 5, 'client.get_tasks_count(project_name=PROJECT) == 5')
 
 
 @check
 def update_project_appends_a_version_that_new_tasks_inherit():
     updated = client.update_project(PROJECT, instruction="Box every bicycle")
-    assert updated.version == 1, updated.as_dict()
-    assert updated.instruction == "Box every bicycle", updated.as_dict()
+    expect(updated.version == 1, updated.as_dict())
+    expect(updated.instruction == "Box every bicycle", updated.as_dict())
     patched = client.update_project(PROJECT, patch=True, extra_note="kept")
-    assert patched.version == 2, patched.as_dict()
-    assert patched.params.get("instruction") == "Box every bicycle", patched.as_dict()
-    assert patched.params.get("extra_note") == "kept", patched.as_dict()
+    expect(patched.version == 2, patched.as_dict())
+    expect(patched.params.get("instruction") == "Box every bicycle", patched.as_dict())
+    expect(patched.params.get("extra_note") == "kept", patched.as_dict())
     replaced = client.update_project(PROJECT, instruction="Box every car")
-    assert replaced.version == 3 and "extra_note" not in replaced.params, replaced.as_dict()
+    expect(replaced.version == 3 and "extra_note" not in replaced.params, replaced.as_dict())
     task = client.create_task(
         TaskType.ImageAnnotation,
         attachment="https://example.com/bike.png",
@@ -465,8 +471,8 @@ def update_project_appends_a_version_that_new_tasks_inherit():
         project=PROJECT,
         unique_id=uid("inherits"),
     )
-    assert task.instruction == "Box every car", task.as_dict()
-    assert task.as_dict().get("project_param_version") == 3, task.as_dict()
+    expect(task.instruction == "Box every car", task.as_dict())
+    expect(task.as_dict().get("project_param_version") == 3, task.as_dict())
     err = expect_error(
         ScaleInvalidRequest,
         client.create_task,
@@ -476,7 +482,7 @@ def update_project_appends_a_version_that_new_tasks_inherit():
         categories=["a"],
         project=PROJECT,
     )
-    assert PROJECT in err.message, err.message
+    expect(PROJECT in err.message, err.message)
     client.cancel_task(task.id)
 
 
@@ -484,11 +490,11 @@ def update_project_appends_a_version_that_new_tasks_inherit():
 def a_batch_is_created_filled_finalized_and_completes_when_its_tasks_finish():
     client.create_project(BATCH_PROJECT, TaskType.ImageAnnotation, params={"instruction": "Box it"})
     batch = client.create_batch(BATCH_PROJECT, BATCH, metadata={"run": RUN})
-    assert batch.name == BATCH and batch.project == BATCH_PROJECT, batch.as_dict()
-    assert batch.status == BatchStatus.InProgress.value, batch.as_dict()
-    assert batch.metadata == {"run": RUN}, batch.as_dict()
+    expect(batch.name == BATCH and batch.project == BATCH_PROJECT, batch.as_dict())
+    expect(batch.status == BatchStatus.InProgress.value, batch.as_dict())
+    expect(batch.metadata == {"run": RUN}, batch.as_dict())
     err = expect_error(ScaleDuplicateResource, client.create_batch, BATCH_PROJECT, BATCH)
-    assert err.code == 409, err.code
+    expect(err.code == 409, err.code)
     tasks = [
         client.create_task(
             TaskType.ImageAnnotation,
@@ -499,25 +505,25 @@ def a_batch_is_created_filled_finalized_and_completes_when_its_tasks_finish():
         for n in range(3)
     ]
     for task in tasks:
-        assert task.batch == BATCH and task.project == BATCH_PROJECT, task.as_dict()
-        assert task.instruction == "Box it", task.as_dict()
+        expect(task.batch == BATCH and task.project == BATCH_PROJECT, task.as_dict())
+        expect(task.instruction == "Box it", task.as_dict())
     finalized = client.finalize_batch(BATCH)
-    assert finalized.status == BatchStatus.InProgress.value, finalized.as_dict()
+    expect(finalized.status == BatchStatus.InProgress.value, finalized.as_dict())
     status = client.batch_status(BATCH)
-    assert status["status"] == "in_progress", status
-    assert (status["pending"], status["completed"], status["error"], status["canceled"]) == (3, 0, 0, 0), status
+    expect(status["status"] == "in_progress", status)
+    expect((status["pending"], status["completed"], status["error"], status["canceled"]) == (3, 0, 0, 0), status)
     fetched = client.get_batch(BATCH)
     fetched.get_status()
-    assert fetched.tasks_pending == 3, fetched.as_dict()
+    expect(fetched.tasks_pending == 3, fetched.as_dict())
     ids = {t.id for t in client.get_tasks(batch_name=BATCH)}
-    assert ids == {t.id for t in tasks}, ids
-    assert client.get_tasks_count(batch_name=BATCH) == 3
-    assert client.get_tasks_count(project_name=BATCH_PROJECT, batch_name=BATCH, status=TaskStatus.Pending) == 3
+    expect(ids == {t.id for t in tasks}, ids)
+    expect(client.get_tasks_count(batch_name=BATCH) == 3, 'client.get_tasks_count(batch_name=BATCH) == 3')
+    expect(client.get_tasks_count(project_name=BATCH_PROJECT, batch_name=BATCH, status=TaskStatus.Pending) == 3, 'client.get_tasks_count(project_name=BATCH_PROJECT, batch_name=BATCH, status=TaskStatus.Pending) == 3')
     for task in tasks:
         client.cancel_task(task.id)
     done = client.get_batch(BATCH)
-    assert done.status == BatchStatus.Completed.value, done.as_dict()
-    assert client.batch_status(BATCH)["canceled"] == 3
+    expect(done.status == BatchStatus.Completed.value, done.as_dict())
+    expect(client.batch_status(BATCH)["canceled"] == 3, 'client.batch_status(BATCH)["canceled"] == 3')
     err = expect_error(
         ScaleInvalidRequest,
         client.create_task,
@@ -526,7 +532,7 @@ def a_batch_is_created_filled_finalized_and_completes_when_its_tasks_finish():
         geometries={"box": {"objects_to_annotate": ["car"]}},
         batch=BATCH,
     )
-    assert "completed" in err.message, err.message
+    expect("completed" in err.message, err.message)
 
 
 @check
@@ -534,14 +540,14 @@ def batches_are_listed_paged_by_offset_and_take_new_metadata():
     for n in range(2):
         client.create_batch(BATCH_PROJECT, f"{BATCH}-{n}")
     page = client.batches(project=BATCH_PROJECT, limit=2)
-    assert page.total == 3 and len(page.docs) == 2 and page.has_more, vars(page)
+    expect(page.total == 3 and len(page.docs) == 2 and page.has_more, vars(page))
     names = [b.name for b in client.get_batches(project_name=BATCH_PROJECT)]
-    assert sorted(names) == sorted([BATCH, f"{BATCH}-0", f"{BATCH}-1"]), names
+    expect(sorted(names) == sorted([BATCH, f"{BATCH}-0", f"{BATCH}-1"]), names)
     completed = [b.name for b in client.get_batches(project_name=BATCH_PROJECT, batch_status=BatchStatus.Completed)]
-    assert completed == [BATCH], completed
+    expect(completed == [BATCH], completed)
     updated = client.set_batch_metadata(f"{BATCH}-0", {"reviewed": True})
-    assert updated.metadata == {"reviewed": True}, updated.as_dict()
-    assert client.get_batch(f"{BATCH}-0").metadata == {"reviewed": True}
+    expect(updated.metadata == {"reviewed": True}, updated.as_dict())
+    expect(client.get_batch(f"{BATCH}-0").metadata == {"reviewed": True}, 'client.get_batch(f"{BATCH}-0").metadata == {"reviewed": True}')
     expect_error(ScaleResourceNotFound, client.get_batch, f"{BATCH}-nobody")
 
 

@@ -17,7 +17,9 @@ pub(super) fn grpc_code(err: &Error) -> Code {
         Error::NotFound(_) => Code::NotFound,
         Error::UniqueIdConflict { .. } | Error::Conflict(_) => Code::AlreadyExists,
         Error::IdempotencyConflict(_) => Code::Aborted,
-        Error::IdempotencyInFlight | Error::PayloadTooLarge(_) => Code::ResourceExhausted,
+        Error::IdempotencyInFlight
+        | Error::TooManyAuthFailures { .. }
+        | Error::PayloadTooLarge(_) => Code::ResourceExhausted,
         Error::Unavailable => Code::Unavailable,
         Error::Internal => Code::Internal,
     }

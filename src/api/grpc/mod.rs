@@ -9,9 +9,9 @@ mod projects;
 mod tasks;
 mod work;
 
-use std::sync::Arc;
+use std::{net::SocketAddr, sync::Arc};
 
-use axum::{http::HeaderName, response::Response};
+use axum::{extract::ConnectInfo, http::HeaderName, response::Response};
 use tonic::{metadata::MetadataValue, Request, Status};
 
 use crate::{
@@ -38,7 +38,12 @@ impl GrpcApi {
             .metadata()
             .get("authorization")
             .and_then(|value| value.to_str().ok());
-        Ok(self.service.authenticate(authorization).await?)
+        // tonic keeps the HTTP request's extensions, where axum put the TCP peer.
+        let client = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(peer)| peer.ip());
+        Ok(self.service.authenticate(authorization, client).await?)
     }
 }
 

@@ -20,7 +20,9 @@ pub(super) fn http_status(err: &Error) -> StatusCode {
         | Error::Conflict(_)
         | Error::LeaseLost(_)
         | Error::IdempotencyConflict(_) => StatusCode::CONFLICT,
-        Error::IdempotencyInFlight => StatusCode::TOO_MANY_REQUESTS,
+        Error::IdempotencyInFlight | Error::TooManyAuthFailures { .. } => {
+            StatusCode::TOO_MANY_REQUESTS
+        }
         Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         Error::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         Error::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -30,12 +32,16 @@ pub(super) fn http_status(err: &Error) -> StatusCode {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = http_status(&self);
+        let retry_after = match &self {
+            Error::TooManyAuthFailures { retry_after_secs } => HeaderValue::from(*retry_after_secs),
+            _ => HeaderValue::from_static("1"),
+        };
         let body = Json(json!({"status_code": status.as_u16(), "error": self.to_string()}));
         let mut response = (status, body).into_response();
         if status == StatusCode::TOO_MANY_REQUESTS {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, retry_after);
         }
         response
     }

@@ -1,9 +1,11 @@
 //! Request plumbing every REST handler shares: the caller's key, path segments, bodies, the
 //! Idempotency-Key and query parameters, each read in one place.
 
+use std::net::SocketAddr;
+
 use axum::{
     body::Bytes,
-    extract::{FromRequest, FromRequestParts, Path, Request},
+    extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request},
     http::{header, request::Parts, HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     Json,
@@ -27,7 +29,13 @@ impl FromRequestParts<AppState> for Auth {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok());
-        service.authenticate(authorization).await.map(Auth)
+        // The TCP peer, never X-Forwarded-For (anyone can write that); absent when the router
+        // is served without connect info, and then failures are not limited.
+        let client = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(peer)| peer.ip());
+        service.authenticate(authorization, client).await.map(Auth)
     }
 }
 
