@@ -14,6 +14,7 @@ mod idempotency;
 mod limits;
 mod process;
 mod projects_batches;
+mod replicas;
 mod rest_list;
 mod rest_tasks;
 mod scale_client;
