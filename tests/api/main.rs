@@ -7,6 +7,7 @@ mod admin;
 mod bulk;
 mod callbacks;
 mod crash_cycles;
+mod db_faults;
 mod grpc;
 mod grpc_web;
 mod hostile;
