@@ -560,3 +560,45 @@ async fn replicas_starting_at_once_on_an_empty_database_create_one_default_accou
         );
     }
 }
+
+/// The same race without process start-up jitter: three services, each with its own pool as
+/// in three replicas, bootstrap one migrated empty database at the same instant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_bootstraps_create_exactly_one_default_account_and_key() {
+    const ROUNDS: usize = 5;
+    for round in 0..ROUNDS {
+        let Some((_db, database_url)) = TestDb::create(Backend::Postgres).await else {
+            return;
+        };
+        let mut config = annotask::config::Config::new(database_url);
+        config.database.max_connections = 2;
+        let mut apps = Vec::new();
+        for _ in 0..3 {
+            apps.push(
+                annotask::server::App::open(config.clone())
+                    .await
+                    .expect("open"),
+            );
+        }
+        let keys = join_all(
+            apps.iter()
+                .map(|app| app.service.bootstrap_default_account()),
+        )
+        .await;
+        let printed: Vec<String> = keys
+            .into_iter()
+            .map(|key| key.expect("bootstrap"))
+            .flatten()
+            .collect();
+        assert_eq!(printed.len(), 1, "round {round}: {} keys", printed.len());
+        let listed = apps[0]
+            .service
+            .list_api_keys("default")
+            .await
+            .expect("default exists");
+        assert_eq!(listed.len(), 1, "round {round}");
+        for app in apps {
+            app.service.close().await;
+        }
+    }
+}
