@@ -587,8 +587,7 @@ async fn simultaneous_bootstraps_create_exactly_one_default_account_and_key() {
         .await;
         let printed: Vec<String> = keys
             .into_iter()
-            .map(|key| key.expect("bootstrap"))
-            .flatten()
+            .filter_map(|key| key.expect("bootstrap"))
             .collect();
         assert_eq!(printed.len(), 1, "round {round}: {} keys", printed.len());
         let listed = apps[0]
