@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 
 use crate::{
     bulk_client,
-    config::{parse_callback_schedule, Config, DEFAULT_CALLBACK_SCHEDULE},
+    config::{parse_callback_schedule, Config, DatabasePool, DEFAULT_CALLBACK_SCHEDULE},
     domain::{ApiKeyInfo, Role},
     server::{App, BoxError},
     service::{Revocation, Service},
@@ -83,6 +83,12 @@ pub struct ServeArgs {
     /// PostgreSQL connections this process may open (replicas × this must stay under the server's max_connections).
     #[arg(long, env = "ANNOTASK_DATABASE_MAX_CONNECTIONS", default_value_t = 32)]
     pub database_max_connections: u32,
+    /// How long a request waits for a database connection (opening one included) before it is answered 503 / UNAVAILABLE.
+    #[arg(long, env = "ANNOTASK_DATABASE_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub database_acquire_timeout: Duration,
+    /// PostgreSQL statement_timeout for every connection (`0s`: none); a statement cut by it is answered 503.
+    #[arg(long, env = "ANNOTASK_DATABASE_STATEMENT_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub database_statement_timeout: Duration,
     /// Allow callbacks to loopback, private, link-local and cloud-metadata addresses.
     #[arg(long, env = "ANNOTASK_ALLOW_PRIVATE_CALLBACKS")]
     pub allow_private_callbacks: bool,
@@ -103,7 +109,9 @@ impl ServeArgs {
             .clone_from(&self.callback_schedule.0);
         config.callbacks.attempt_timeout = self.callback_timeout;
         config.callbacks.allow_private = self.allow_private_callbacks;
-        config.database_max_connections = self.database_max_connections.max(1);
+        config.database.max_connections = self.database_max_connections.max(1);
+        config.database.acquire_timeout = self.database_acquire_timeout;
+        config.database.statement_timeout = self.database_statement_timeout;
         config.auth_failures_per_minute = self.auth_failures_per_minute;
         config
     }
@@ -265,7 +273,11 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
         Command::Backup(args) => {
             // No migrations: a backup taken before an upgrade must leave the schema as it is.
             let url = args.database.database_url;
-            let store = Store::connect(&url, 1).await?;
+            let pool = DatabasePool {
+                max_connections: 1,
+                ..DatabasePool::default()
+            };
+            let store = Store::connect(&url, &pool).await?;
             let service = Service::new(store, &Config::new(url));
             let written = service.backup(&args.to).await;
             service.close().await;

@@ -80,6 +80,29 @@ pub fn parse_callback_schedule(text: &str) -> Result<Vec<Duration>, String> {
     Ok(schedule)
 }
 
+/// The database pool: how many connections, and how long a request may wait on the database
+/// before it is answered 503 / `UNAVAILABLE` instead of hanging.
+#[derive(Debug, Clone)]
+pub struct DatabasePool {
+    /// The PostgreSQL pool's size, per process (SQLite has one writer and a few readers).
+    pub max_connections: u32,
+    /// How long a request waits for a pooled connection, including opening a new one (TCP,
+    /// TLS, login) and the liveness check of an idle one.
+    pub acquire_timeout: Duration,
+    /// PostgreSQL `statement_timeout` for every connection; zero: no limit.
+    pub statement_timeout: Duration,
+}
+
+impl Default for DatabasePool {
+    fn default() -> Self {
+        DatabasePool {
+            max_connections: 32,
+            acquire_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub database_url: String,
@@ -91,8 +114,8 @@ pub struct Config {
     /// How long in-flight requests may still run after a shutdown signal.
     pub shutdown_grace: Duration,
     pub callbacks: CallbackSettings,
-    /// The PostgreSQL pool's size, per process (SQLite has one writer and a few readers).
-    pub database_max_connections: u32,
+    /// The database connection pool and its timeouts.
+    pub database: DatabasePool,
     /// How often the queue and delivery gauges are refreshed.
     pub gauge_interval: Duration,
     /// Failed authentications a client address may make in a burst, and per minute after;
@@ -109,7 +132,7 @@ impl Config {
             sweep_interval: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
             callbacks: CallbackSettings::default(),
-            database_max_connections: 32,
+            database: DatabasePool::default(),
             gauge_interval: Duration::from_secs(15),
             auth_failures_per_minute: 20,
         }

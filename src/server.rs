@@ -43,7 +43,7 @@ pub struct App {
 impl App {
     /// Connects and runs migrations (forward-only, on every start).
     pub async fn open(config: Config) -> Result<Self, BoxError> {
-        let store = Store::connect(&config.database_url, config.database_max_connections).await?;
+        let store = Store::connect(&config.database_url, &config.database).await?;
         store.migrate().await?;
         tracing::info!(backend = store.backend_name(), "database ready");
         let service = Arc::new(Service::new(store, &config));

@@ -209,14 +209,20 @@ impl Service {
             .ok_or_else(|| Error::NotFound(format!("No account named '{account}'.")))
     }
 
-    /// On an empty database, creates account `default` with a live key and returns the key.
+    /// On an empty database, creates account `default` with a live admin key and returns the
+    /// key; `None` when any account exists, also one another replica created a moment ago.
     pub async fn bootstrap_default_account(&self) -> Result<Option<String>> {
-        if self.store.count_accounts().await? > 0 {
-            return Ok(None);
-        }
-        self.create_api_key("default", false, Role::Admin)
-            .await
-            .map(Some)
+        let key = generate_api_key(false);
+        let created = self
+            .store
+            .create_first_account(
+                "default",
+                &hash_api_key(&key),
+                &key_prefix(&key),
+                Role::Admin,
+            )
+            .await?;
+        Ok(created.then_some(key))
     }
 }
 

@@ -1,9 +1,9 @@
 //! Accounts and API keys (only key hashes and their first characters are stored).
 
 use sea_orm::{
-    sea_query::{Expr, OnConflict},
-    ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, Set,
-    TransactionTrait,
+    sea_query::{Expr, OnConflict, Query},
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter,
+    QueryOrder, Set, TransactionTrait,
 };
 
 use super::{
@@ -16,8 +16,57 @@ use crate::{
 };
 
 impl Store {
-    pub async fn count_accounts(&self) -> Result<u64> {
-        Ok(accounts::Entity::find().count(&self.db).await?)
+    /// Creates the account with this key only if no account exists at all, and says whether
+    /// this call did. One statement decides (insert-if-none-exists, on the unique name), so of
+    /// several replicas starting at once on an empty database exactly one creates it: a
+    /// second insert of the same name waits for the first to commit, then does nothing.
+    pub async fn create_first_account(
+        &self,
+        account_name: &str,
+        key_hash: &str,
+        key_prefix: &str,
+        role: Role,
+    ) -> Result<bool> {
+        let now = Timestamp::now().millis();
+        let txn = self.db.begin().await?;
+        let no_account_yet = Expr::exists(
+            Query::select()
+                .expr(Expr::val(1))
+                .from(accounts::Entity)
+                .to_owned(),
+        )
+        .not();
+        let insert = Query::insert()
+            .into_table(accounts::Entity)
+            .columns([accounts::Column::Name, accounts::Column::CreatedAt])
+            .select_from(
+                Query::select()
+                    .expr(Expr::val(account_name))
+                    .expr(Expr::val(now))
+                    .and_where(no_account_yet)
+                    .to_owned(),
+            )
+            .map_err(|err| {
+                tracing::error!(error = %err, "the first-account insert is malformed");
+                Error::Internal
+            })?
+            .on_conflict(
+                OnConflict::column(accounts::Column::Name)
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .to_owned();
+        let inserted = txn
+            .execute(txn.get_database_backend().build(&insert))
+            .await?;
+        if inserted.rows_affected() != 1 {
+            txn.rollback().await?;
+            return Ok(false);
+        }
+        let account_id = account_id_in(&txn, account_name).await?;
+        insert_key(&txn, account_id, key_hash, key_prefix, false, role, now).await?;
+        txn.commit().await?;
+        Ok(true)
     }
 
     /// Finds or creates the account and stores the key's hash and prefix for it, in one
@@ -48,27 +97,8 @@ impl Store {
         )
         .exec_without_returning(&txn)
         .await?;
-        let account_id = accounts::Entity::find()
-            .filter(accounts::Column::Name.eq(account_name))
-            .one(&txn)
-            .await?
-            .map(|account| account.id)
-            .ok_or_else(|| {
-                tracing::error!("the account vanished within its own transaction");
-                Error::Internal
-            })?;
-        api_keys::ActiveModel {
-            account_id: Set(account_id),
-            key_hash: Set(key_hash.to_owned()),
-            key_prefix: Set(Some(key_prefix.to_owned())),
-            is_test: Set(is_test),
-            created_at: Set(now),
-            scope: Set(role.as_str().to_owned()),
-            revoked_at: Set(None),
-            ..Default::default()
-        }
-        .insert(&txn)
-        .await?;
+        let account_id = account_id_in(&txn, account_name).await?;
+        insert_key(&txn, account_id, key_hash, key_prefix, is_test, role, now).await?;
         txn.commit().await?;
         Ok(Scope {
             account_id,
@@ -150,6 +180,43 @@ impl Store {
             .await?;
         Ok(updated.rows_affected == 1)
     }
+}
+
+/// The id of an account the transaction has just inserted or found.
+async fn account_id_in(txn: &DatabaseTransaction, account_name: &str) -> Result<i64> {
+    accounts::Entity::find()
+        .filter(accounts::Column::Name.eq(account_name))
+        .one(txn)
+        .await?
+        .map(|account| account.id)
+        .ok_or_else(|| {
+            tracing::error!("the account vanished within its own transaction");
+            Error::Internal
+        })
+}
+
+async fn insert_key(
+    txn: &DatabaseTransaction,
+    account_id: i64,
+    key_hash: &str,
+    key_prefix: &str,
+    is_test: bool,
+    role: Role,
+    now: i64,
+) -> Result<()> {
+    api_keys::ActiveModel {
+        account_id: Set(account_id),
+        key_hash: Set(key_hash.to_owned()),
+        key_prefix: Set(Some(key_prefix.to_owned())),
+        is_test: Set(is_test),
+        created_at: Set(now),
+        scope: Set(role.as_str().to_owned()),
+        revoked_at: Set(None),
+        ..Default::default()
+    }
+    .insert(txn)
+    .await?;
+    Ok(())
 }
 
 fn parse_role(scope: &str) -> Result<Role> {

@@ -26,9 +26,13 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::{
     sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
+    TransactionTrait,
 };
 
-use crate::error::{Error, Result};
+use crate::{
+    config::DatabasePool,
+    error::{Error, Result},
+};
 
 #[derive(Clone)]
 pub struct Store {
@@ -51,22 +55,29 @@ pub struct PoolStats {
     pub max: u32,
 }
 
+/// The PostgreSQL advisory lock key that serialises migrations across replicas.
+const MIGRATION_LOCK: i64 = 0x616e_6e6f_7461_736b; // "annotask"
+
 /// Read-only SQLite connections (the writer stays alone).
 const SQLITE_READERS: u32 = 4;
 
 impl Store {
     /// Connects to `sqlite:…` or `postgres://…`; the error says what to check.
-    pub async fn connect(database_url: &str, max_connections: u32) -> Result<Self, ConnectError> {
+    pub async fn connect(database_url: &str, pool: &DatabasePool) -> Result<Self, ConnectError> {
         connect::preflight(database_url).await?;
-        Self::open(database_url, max_connections)
+        Self::open(database_url, pool)
             .await
             .map_err(|err| connect::explain(database_url, &err))
     }
 
-    async fn open(database_url: &str, max_connections: u32) -> Result<Self, DbErr> {
+    async fn open(database_url: &str, pool: &DatabasePool) -> Result<Self, DbErr> {
         let mut options = ConnectOptions::new(database_url.to_owned());
+        // sqlx opens a new connection within the acquire timeout, and pings an idle one
+        // before handing it out: an unreachable database fails a request after this, never
+        // hangs it, and a restarted one is picked up again without a restart of ours.
         options
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(pool.acquire_timeout)
+            .test_before_acquire(true)
             .sqlx_logging(false);
         if database_url.starts_with("sqlite:") {
             // One connection serialises SQLite writers: no SQLITE_BUSY on lock upgrades, and a
@@ -84,7 +95,15 @@ impl Store {
                         .busy_timeout(Duration::from_secs(5))
                 });
         } else {
-            options.max_connections(max_connections).min_connections(1);
+            let statement_timeout = pool.statement_timeout.as_millis().to_string();
+            options
+                .max_connections(pool.max_connections)
+                .min_connections(1)
+                // Server-side, per connection (a startup parameter, so every new connection
+                // in the pool has it): a runaway statement is cancelled, and answered 503.
+                .map_sqlx_postgres_opts(move |postgres| {
+                    postgres.options([("statement_timeout", statement_timeout.as_str())])
+                });
         }
         // An in-memory database exists only on its own connection: readers would see another.
         let separate_readers = database_url.starts_with("sqlite:")
@@ -95,7 +114,7 @@ impl Store {
             // Opened after the writer, which created the file and switched it to WAL.
             let mut readers = ConnectOptions::new(database_url.to_owned());
             readers
-                .acquire_timeout(Duration::from_secs(10))
+                .acquire_timeout(pool.acquire_timeout)
                 .sqlx_logging(false)
                 .max_connections(SQLITE_READERS)
                 .min_connections(1)
@@ -113,8 +132,20 @@ impl Store {
         })
     }
 
+    /// Applies pending migrations. On PostgreSQL, under an advisory lock: replicas starting at
+    /// once on an empty database would otherwise both create the same tables, and one would
+    /// fail; the second now waits, then finds nothing left to do.
     pub async fn migrate(&self) -> Result<(), DbErr> {
-        Migrator::up(&self.db, None).await
+        if !self.is_postgres() {
+            return Migrator::up(&self.db, None).await;
+        }
+        let txn = self.db.begin().await?;
+        txn.execute_unprepared(&format!(
+            "SELECT pg_advisory_xact_lock({MIGRATION_LOCK}); SET LOCAL statement_timeout = 0"
+        ))
+        .await?;
+        Migrator::up(&txn, None).await?;
+        txn.commit().await
     }
 
     /// Whether the database answers at all (for `/healthz`).

@@ -38,7 +38,8 @@ impl IntoResponse for Error {
         };
         let body = Json(json!({"status_code": status.as_u16(), "error": self.to_string()}));
         let mut response = (status, body).into_response();
-        if status == StatusCode::TOO_MANY_REQUESTS {
+        // Both are worth retrying soon: a key still in flight, a database briefly unreachable.
+        if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, retry_after);
