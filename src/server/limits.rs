@@ -72,6 +72,14 @@ pub async fn enforce(
                     "The server is handling its maximum of {} requests; retry shortly.",
                     limits.max_in_flight
                 );
+                // Read away even here: a browser shown a reset cannot tell it was asked to retry.
+                let http1 = is_http1(&request);
+                let body = request.into_body();
+                if http1 && !body.is_end_stream() {
+                    let (max_bytes, deadline) =
+                        (limits.max_discarded_body_bytes, limits.request_timeout);
+                    tokio::spawn(discard(body, max_bytes, deadline));
+                }
                 return refusal(
                     grpc_content_type,
                     StatusCode::TOO_MANY_REQUESTS,
@@ -203,8 +211,7 @@ fn refusal(
 /// handler drops it before its end.
 fn watch_body(request: Request) -> (Request, Option<oneshot::Receiver<Body>>) {
     // HTTP/2 resets only the stream; bodies known to be empty need nothing.
-    let http1 = matches!(request.version(), Version::HTTP_10 | Version::HTTP_11);
-    if !http1 || request.body().is_end_stream() {
+    if !is_http1(&request) || request.body().is_end_stream() {
         return (request, None);
     }
     let (handed_back, leftover) = oneshot::channel();
@@ -216,6 +223,10 @@ fn watch_body(request: Request) -> (Request, Option<oneshot::Receiver<Body>>) {
         })
     });
     (request, Some(leftover))
+}
+
+fn is_http1(request: &Request) -> bool {
+    matches!(request.version(), Version::HTTP_10 | Version::HTTP_11)
 }
 
 /// Reads up to `max_bytes` of the rest of a body within `deadline`, and throws it away.
