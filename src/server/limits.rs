@@ -31,7 +31,7 @@ use crate::config::Limits;
 const UNTIMED_PATHS: [&str; 2] = ["/v1/tasks/import", "/annotask.v1.TaskService/ImportTasks"];
 
 /// Health checks and metric scrapes must still answer when the server is saturated.
-const UNCOUNTED_PATHS: [&str; 2] = ["/healthz", "/metrics"];
+const UNCOUNTED_PATHS: [&str; 3] = ["/healthz", "/metrics", "/grpc.health.v1.Health/Check"];
 
 pub struct RequestLimits {
     in_flight: Arc<Semaphore>,

@@ -7,6 +7,7 @@ use annotask::proto::{CreateTaskRequest, ListTasksRequest};
 use base64::{engine::general_purpose::STANDARD, Engine as _};
 use prost::Message;
 use reqwest::{Method, StatusCode};
+use sea_orm::{ConnectionTrait, TransactionTrait};
 use serde_json::{json, Value};
 use tokio::{
     io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader},
@@ -314,6 +315,62 @@ async fn a_request_whose_body_does_not_arrive_in_time_is_408_on_rest_and_deadlin
     let (code, message) = response.grpc_status();
     assert_eq!(code, tonic::Code::DeadlineExceeded as i32, "{message}");
     assert!(message.contains("not received"), "{message}");
+}
+
+/// A handler stuck on the database (here, behind a table lock a test transaction holds) is
+/// answered when the request timeout passes: 503 with `Retry-After` / `DEADLINE_EXCEEDED`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_stuck_on_the_database_is_503_on_rest_and_deadline_exceeded_on_grpc() {
+    let Some(app) = TestApp::spawn_with(Backend::Postgres, |config| {
+        config.limits.request_timeout = Duration::from_secs(1);
+    })
+    .await
+    else {
+        return;
+    };
+    let db = sea_orm::Database::connect(&app.database_url)
+        .await
+        .expect("connect");
+    let lock = db.begin().await.expect("begin");
+    lock.execute_unprepared("LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock");
+
+    let response = bounded(
+        Duration::from_secs(20),
+        "timeout answer",
+        app.request(Method::GET, "/v1/tasks?limit=1").send(),
+    )
+    .await
+    .expect("sent");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        response
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap()),
+        Some("1")
+    );
+    let error: Value = response.json().await.expect("JSON");
+    assert_eq!(error["status_code"], 503);
+    assert!(
+        error["error"].as_str().unwrap().contains("did not finish"),
+        "{error}"
+    );
+
+    let mut client = app.grpc().await;
+    let status = bounded(
+        Duration::from_secs(20),
+        "timeout answer",
+        client.list_tasks(app.grpc_request(ListTasksRequest::default())),
+    )
+    .await
+    .expect_err("stuck");
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+
+    lock.rollback().await.expect("rollback");
+    let (status, _) = app.get("/v1/tasks?limit=1").await;
+    assert_eq!(status, StatusCode::OK);
 }
 
 /// A replayed import answers only once it has read the whole upload (to compare it with the
