@@ -10,7 +10,7 @@ use crate::{
     bulk_client,
     config::{parse_callback_schedule, Config, DatabasePool, DEFAULT_CALLBACK_SCHEDULE},
     domain::{ApiKeyInfo, Role},
-    server::{App, BoxError},
+    server::{App, BoxError, MIN_HEADER_BYTES},
     service::{Revocation, Service},
     store::Store,
     telemetry,
@@ -89,6 +89,24 @@ pub struct ServeArgs {
     /// PostgreSQL statement_timeout for every connection (`0s`: none); a statement cut by it is answered 503.
     #[arg(long, env = "ANNOTASK_DATABASE_STATEMENT_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub database_statement_timeout: Duration,
+    /// Largest HTTP/1 request line plus headers (larger: 431) and HTTP/2 header list; at least 8KiB.
+    #[arg(long, env = "ANNOTASK_MAX_HEADER_BYTES", default_value = "16KiB", value_parser = parse_size)]
+    pub max_header_bytes: usize,
+    /// How long a client may take to send a request's headers before the connection is closed; also how long an idle HTTP/1 connection is kept.
+    #[arg(long, env = "ANNOTASK_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    pub header_read_timeout: Duration,
+    /// How long a request may take until its answer starts (bulk imports excepted): 408 if its body was still arriving, else 503; gRPC `DEADLINE_EXCEEDED`.
+    #[arg(long, env = "ANNOTASK_REQUEST_TIMEOUT", default_value = "60s", value_parser = parse_positive_duration)]
+    pub request_timeout: Duration,
+    /// Requests in flight per process; beyond it a request is refused at once (429 / `RESOURCE_EXHAUSTED`), not queued.
+    #[arg(long, env = "ANNOTASK_MAX_CONCURRENT_REQUESTS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_requests: u32,
+    /// Values one repeated list filter (`unique_id`, `tags`, `customer_review_status`) may have; more: 400.
+    #[arg(long, env = "ANNOTASK_MAX_FILTER_VALUES", default_value_t = 100)]
+    pub max_filter_values: usize,
+    /// How much of a refused HTTP/1 request's unread body is still read and discarded so the client sees the answer, not a reset.
+    #[arg(long, env = "ANNOTASK_MAX_DISCARDED_BODY_BYTES", default_value = "64MiB", value_parser = parse_size)]
+    pub max_discarded_body_bytes: usize,
     /// Allow callbacks to loopback, private, link-local and cloud-metadata addresses.
     #[arg(long, env = "ANNOTASK_ALLOW_PRIVATE_CALLBACKS")]
     pub allow_private_callbacks: bool,
@@ -102,6 +120,12 @@ impl ServeArgs {
         let mut config = Config::new(self.database.database_url.clone());
         config.limits.max_body_bytes = self.max_body_bytes;
         config.limits.max_metadata_bytes = self.max_metadata_bytes;
+        config.limits.max_header_bytes = self.max_header_bytes.max(MIN_HEADER_BYTES);
+        config.limits.header_read_timeout = self.header_read_timeout;
+        config.limits.request_timeout = self.request_timeout;
+        config.limits.max_concurrent_requests = self.max_concurrent_requests as usize;
+        config.limits.max_filter_values = self.max_filter_values;
+        config.limits.max_discarded_body_bytes = self.max_discarded_body_bytes as u64;
         config.idempotency_ttl = self.idempotency_ttl;
         config
             .callbacks
@@ -184,6 +208,15 @@ fn parse_size(text: &str) -> Result<usize, String> {
         format!("'{text}' is not a size: use bytes or a unit, e.g. 10MiB or 65536 ({err})")
     })?;
     usize::try_from(size.as_u64()).map_err(|_| format!("'{text}' is too large"))
+}
+
+/// A duration above zero: a zero timeout would refuse every request.
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(duration) if !duration.is_zero() => Ok(duration),
+        Ok(_) => Err("the duration must be above zero".to_owned()),
+        Err(err) => Err(format!("'{text}' is not a duration, e.g. 10s or 2m: {err}")),
+    }
 }
 
 /// The callback schedule as one value (clap would read a `Vec` as repeated flags).
@@ -419,6 +452,21 @@ mod tests {
         assert_eq!(
             config.limits.max_metadata_bytes,
             defaults.max_metadata_bytes
+        );
+        assert_eq!(config.limits.max_header_bytes, defaults.max_header_bytes);
+        assert_eq!(
+            config.limits.header_read_timeout,
+            defaults.header_read_timeout
+        );
+        assert_eq!(config.limits.request_timeout, defaults.request_timeout);
+        assert_eq!(
+            config.limits.max_concurrent_requests,
+            defaults.max_concurrent_requests
+        );
+        assert_eq!(config.limits.max_filter_values, defaults.max_filter_values);
+        assert_eq!(
+            config.limits.max_discarded_body_bytes,
+            defaults.max_discarded_body_bytes
         );
     }
 }

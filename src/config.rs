@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-/// Size limits on input (SPEC §3).
+/// Limits on input (SPEC §3) and on how long and how many requests may run.
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_body_bytes: usize,
@@ -10,6 +10,20 @@ pub struct Limits {
     pub max_tags: usize,
     pub max_tag_chars: usize,
     pub max_unique_id_chars: usize,
+    /// Values of one repeated list filter (`unique_id`, `tags`, `customer_review_status`).
+    pub max_filter_values: usize,
+    /// An HTTP/1 request line plus headers (larger: 431), and HTTP/2's header list.
+    pub max_header_bytes: usize,
+    /// How long a client may take to send a request's headers; it is also how long an idle
+    /// HTTP/1 keep-alive connection stays open.
+    pub header_read_timeout: Duration,
+    /// How long a request may take until its answer starts (bulk imports excepted).
+    pub request_timeout: Duration,
+    /// Requests in flight per process; more are refused at once (429), never queued.
+    pub max_concurrent_requests: usize,
+    /// How much of a refused HTTP/1 request's body is still read and thrown away, so the client
+    /// gets the answer instead of a reset connection.
+    pub max_discarded_body_bytes: u64,
 }
 
 impl Default for Limits {
@@ -20,6 +34,12 @@ impl Default for Limits {
             max_tags: 100,
             max_tag_chars: 256,
             max_unique_id_chars: 255,
+            max_filter_values: 100,
+            max_header_bytes: 16 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
+            max_concurrent_requests: 1024,
+            max_discarded_body_bytes: 64 * 1024 * 1024,
         }
     }
 }

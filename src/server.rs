@@ -1,17 +1,23 @@
 //! One listener: gRPC (+ health, reflection), grpc-web and REST over one service, with the
 //! background jobs started beside it and stopped with it.
 
-use std::{future::Future, sync::Arc};
+mod limits;
+
+use std::{future::Future, io, net::SocketAddr, pin::pin, sync::Arc, time::Duration};
 
 use axum::{
     extract::DefaultBodyLimit,
     http::{header, HeaderName},
-    middleware,
-    serve::ListenerExt,
-    Router,
+    middleware, Router,
+};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+    service::TowerToHyperService,
 };
 use tokio::net::TcpListener;
 use tonic_web::GrpcWebLayer;
+use tower::Service as _;
 use tower_http::{
     cors::{AllowHeaders, Any, CorsLayer},
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
@@ -128,6 +134,10 @@ impl App {
             .merge(rest::ops_router(self.service.clone()))
             .nest("/v1", v1)
             .fallback(rest::not_found)
+            .layer(middleware::from_fn_with_state(
+                limits::RequestLimits::new(&self.config.limits),
+                limits::enforce,
+            ))
             .layer(middleware::from_fn(telemetry::record_request))
             // Outermost last: the id is checked, then made if missing, before the trace span
             // that carries it opens; the answer (REST, gRPC metadata, grpc-web) echoes it.
@@ -151,40 +161,108 @@ impl App {
         let addr = listener.local_addr()?;
         let jobs = Jobs::start(&self.service, &self.config);
         tracing::info!(%addr, "serving gRPC, grpc-web and REST");
-        let stopping = Arc::new(tokio::sync::Notify::new());
-        let signalled = stopping.clone();
-        // Without TCP_NODELAY, small HTTP/2 frames (every gRPC answer) wait out the peer's
-        // delayed ACK: about 40 ms per call.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(err) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %err, "cannot set TCP_NODELAY");
-            }
-        });
-        let served = axum::serve(
+        let connections = GracefulShutdown::new();
+        accept_until(
             listener,
-            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            router,
+            connection_builder(&self.config),
+            &connections,
+            shutdown,
         )
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            signalled.notify_one();
-        });
+        .await;
         let grace = self.config.shutdown_grace;
         // In-flight requests get `grace` to finish; a client that never finishes cannot hold
         // the process forever.
-        let outcome = tokio::select! {
-            served = served => served,
-            () = async {
-                stopping.notified().await;
-                tokio::time::sleep(grace).await;
-            } => {
-                tracing::warn!(?grace, "in-flight requests still running after the grace period");
-                Ok(())
-            }
-        };
+        if tokio::time::timeout(grace, connections.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?grace,
+                "in-flight requests still running after the grace period"
+            );
+        }
         jobs.stop().await;
         self.service.close().await;
-        outcome?;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// hyper's smallest HTTP/1 read buffer; a smaller one panics.
+pub const MIN_HEADER_BYTES: usize = 8192;
+
+/// HTTP/1.1 and h2c (gRPC) on one port, with the header limits applied per connection.
+fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
+    let limits = &config.limits;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        // hyper-util's auto builder has no `max_header_size`: a request head must fit the read
+        // buffer (which also caps body reads at this size). hyper refuses less than 8 KiB.
+        .max_buf_size(limits.max_header_bytes.max(MIN_HEADER_BYTES));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    builder
+}
+
+/// Accepts connections until `shutdown` resolves; each is served on its own task and watched
+/// by `connections` so shutdown can wait for it.
+async fn accept_until(
+    listener: TcpListener,
+    router: Router,
+    builder: auto::Builder<TokioExecutor>,
+    connections: &GracefulShutdown,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut shutdown = pin!(shutdown);
+    // Every request carries `ConnectInfo<SocketAddr>`, the peer address, as axum's own
+    // `serve` would give it.
+    let mut make_service = router.into_make_service_with_connect_info::<SocketAddr>();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    pause_after_accept_error(err).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // Without TCP_NODELAY, small HTTP/2 frames (every gRPC answer) wait out the peer's
+        // delayed ACK: about 40 ms per call.
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+        }
+        let Ok(service) = make_service.call(peer).await;
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(tcp), TowerToHyperService::new(service))
+            .into_owned();
+        let connection = connections.watch(connection);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, %peer, "connection ended with an error");
+            }
+        });
+    }
+}
+
+/// A peer that hung up while queued is nothing to wait for; anything else (out of file
+/// descriptors) gets a pause so the loop does not spin.
+async fn pause_after_accept_error(err: io::Error) {
+    let peer_gone = matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    );
+    if !peer_gone {
+        tracing::error!(error = %err, "cannot accept a connection; retrying in 1 s");
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

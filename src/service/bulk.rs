@@ -295,7 +295,7 @@ impl Service {
         out: mpsc::Sender<Task>,
     ) -> Result<()> {
         let scope = caller.scope;
-        check_filter(&query.filter)?;
+        check_filter(&query.filter, self.limits.max_filter_values)?;
         if query.offset.is_some() {
             return Err(Error::invalid(
                 "Parameter 'offset' is not supported by exports: resume with 'next_token'.",

@@ -206,7 +206,7 @@ impl Service {
                 "Parameter 'limit' must be between 1 and {MAX_PAGE_SIZE}."
             )));
         }
-        check_filter(&query.filter)?;
+        check_filter(&query.filter, self.limits.max_filter_values)?;
         let after = query
             .next_token
             .as_deref()
@@ -555,8 +555,21 @@ pub(super) fn check_callback_url(text: String) -> Result<String> {
     }
 }
 
-/// The list's filters, checked (shared by lists and exports).
-pub(super) fn check_filter(filter: &crate::domain::TaskFilter) -> Result<()> {
+/// The list's filters, checked (shared by lists and exports). Repeated filters are capped:
+/// each value is one more condition in the query the database has to plan and run.
+pub(super) fn check_filter(filter: &crate::domain::TaskFilter, max_values: usize) -> Result<()> {
+    for (name, values) in [
+        ("unique_id", &filter.unique_ids),
+        ("tags", &filter.tags),
+        ("customer_review_status", &filter.customer_review_statuses),
+    ] {
+        if values.len() > max_values {
+            return Err(Error::invalid(format!(
+                "Parameter '{name}' has {} values; at most {max_values} are allowed.",
+                values.len()
+            )));
+        }
+    }
     for (name, values) in [
         ("type", filter.task_type.as_slice()),
         ("project", filter.project.as_slice()),

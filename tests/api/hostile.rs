@@ -20,6 +20,11 @@ async fn assert_no_server_error(app: &TestApp, method: Method, path: &str, body:
         !status.is_server_error(),
         "{method} {path} answered {status}: {text}"
     );
+    // A head over `--max-header-bytes` is refused by the HTTP layer before any route: 431
+    // without a body.
+    if status == StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE {
+        return;
+    }
     if !status.is_success() {
         let error: Value = serde_json::from_str(&text)
             .unwrap_or_else(|_| panic!("{method} {path}: error body is not JSON: {text}"));

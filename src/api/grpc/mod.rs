@@ -69,18 +69,25 @@ fn non_empty(text: String) -> Option<String> {
 }
 
 /// tonic answers a message over `max_decoding_message_size` with `OUT_OF_RANGE`; the API
-/// promises `RESOURCE_EXHAUSTED` (REST's 413). No handler of ours returns `OUT_OF_RANGE`.
+/// promises `RESOURCE_EXHAUSTED` with REST's 413 message and reason. No handler of ours returns
+/// `OUT_OF_RANGE`.
 pub async fn oversized_message_is_resource_exhausted(mut response: Response) -> Response {
     const OUT_OF_RANGE: &str = "11";
-    let grpc_status = HeaderName::from_static("grpc-status");
-    if response
+    let oversized = response
         .headers()
-        .get(&grpc_status)
-        .is_some_and(|status| status == OUT_OF_RANGE)
-    {
-        let resource_exhausted = i32::from(tonic::Code::ResourceExhausted).to_string();
-        if let Ok(value) = resource_exhausted.parse() {
-            response.headers_mut().insert(grpc_status, value);
+        .get("grpc-status")
+        .is_some_and(|status| status == OUT_OF_RANGE);
+    if oversized {
+        let status = Status::from(Error::PayloadTooLarge(
+            "The request body is too large.".to_owned(),
+        ));
+        let replacement = status.into_http::<()>();
+        for name in ["grpc-status", "grpc-message", "grpc-status-details-bin"] {
+            let name = HeaderName::from_static(name);
+            match replacement.headers().get(&name) {
+                Some(value) => response.headers_mut().insert(name, value.clone()),
+                None => response.headers_mut().remove(name),
+            };
         }
     }
     response
