@@ -1305,7 +1305,7 @@ async fn healthz_and_metrics_answer_without_auth(app: TestApp) {
     let text = response.text().await.expect("metrics body");
     assert!(text.is_ascii(), "{text}");
     // The one create is counted, with its status, and its latency is in the histogram.
-    let create = [("method", "POST"), ("route", "/v1/task/{segment}")];
+    let create = [("method", "POST"), ("route", "/v1/task/{task_id_or_type}")];
     let grew = |name: &str, labels: &[(&str, &str)]| {
         crate::smoke::sample(&text, name, labels) - crate::smoke::sample(&before, name, labels)
     };

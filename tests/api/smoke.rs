@@ -91,7 +91,7 @@ async fn metrics_count_rest_routes_and_grpc_methods_by_name() {
     };
 
     let list = [("method", "GET"), ("route", "/v1/tasks")];
-    let get = [("method", "GET"), ("route", "/v1/task/{segment}")];
+    let get = [("method", "GET"), ("route", "/v1/task/{task_id_or_type}")];
     let grpc = [
         ("method", "POST"),
         ("route", "/annotask.v1.TaskService/ListTasks"),
