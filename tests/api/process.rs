@@ -7,11 +7,18 @@ use std::{
 };
 
 /// A free loopback port (bound, read, released).
+/// A port for a server process to listen on. Picked at random below Linux's ephemeral range
+/// (32768 and up): a port the kernel hands out for `bind(0)` can be taken by an outgoing
+/// connection (the suite opens thousands) before the server binds it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("free port")
+    use rand::Rng;
+    for _ in 0..1000 {
+        let port = rand::rng().random_range(20_000..32_000);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000..32000")
 }
 
 /// `annotask serve` on its own port; killed when dropped.

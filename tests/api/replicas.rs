@@ -33,11 +33,14 @@ struct Replica {
     base_url: String,
     port: u16,
     child: Child,
+    /// The process's log, so a failure can say why it exited.
+    stderr: tempfile::NamedTempFile,
 }
 
 impl Replica {
     /// Starts the process without waiting for it.
     fn spawn(database_url: &str, port: u16, env: &[(&str, &str)]) -> Replica {
+        let stderr = tempfile::NamedTempFile::new().expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_annotask"))
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--database-url", database_url])
@@ -45,13 +48,14 @@ impl Replica {
             .env("ANNOTASK_DATABASE_MAX_CONNECTIONS", POOL)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr.reopen().expect("log file"))
             .spawn()
             .expect("spawn annotask");
         Replica {
             base_url: format!("http://127.0.0.1:{port}"),
             port,
             child,
+            stderr,
         }
     }
 
@@ -97,6 +101,11 @@ impl Replica {
             assert!(Instant::now() < deadline, "replica ignored SIGTERM");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// What the process logged (warnings and errors).
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.stderr.path()).unwrap_or_default()
     }
 
     /// Everything the process printed (it must have exited).
@@ -534,7 +543,8 @@ async fn replicas_starting_at_once_on_an_empty_database_create_one_default_accou
         join_all(replicas.iter().map(Replica::wait_healthy)).await;
         let mut printed_keys = 0;
         for replica in &mut replicas {
-            assert!(replica.terminate().await.success());
+            let status = replica.terminate().await;
+            assert!(status.success(), "{status}: {}", replica.log());
             printed_keys += replica
                 .stdout()
                 .lines()
