@@ -85,15 +85,19 @@ async fn commit_loop(
             .into_iter()
             .map(|pending| (pending.creation, pending.reply))
             .unzip();
-        match store.create_tasks(&items, &on_batch_completed).await {
+        let outcome = store.create_tasks(&items, &on_batch_completed).await;
+        let unreachable = matches!(outcome, Err(Error::Unavailable));
+        match outcome {
             Ok(outcomes) => {
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     let _ = reply.send(outcome);
                 }
             }
             // One transaction failed for all: try each alone, so one create's failure (or a
-            // deadlock between groups) is not every create's failure.
-            Err(err) if items.len() > 1 => {
+            // deadlock between groups) is not every create's failure. Not when the database is
+            // unreachable: each retry would wait out the acquire timeout again, the last create
+            // of a group of N answering after N + 1 of them instead of failing fast.
+            Err(err) if items.len() > 1 && err != Error::Unavailable => {
                 tracing::warn!(error = %err, size = items.len(), "a create group failed; retrying one by one");
                 for (item, reply) in items.into_iter().zip(replies) {
                     let outcome = store
@@ -109,5 +113,22 @@ async fn commit_loop(
                 }
             }
         }
+        if unreachable {
+            fail_queued_creates(&receiver);
+        }
+    }
+}
+
+/// The database just proved unreachable: creates queued meanwhile are answered 503 at once
+/// rather than each group waiting out the acquire timeout in turn behind the last (a request
+/// would wait one timeout per group ahead of it). They never reached the database, so a retry
+/// is safe. If another committer holds the queue, it is gathering a group that will fail fast
+/// on its own.
+fn fail_queued_creates(receiver: &Mutex<mpsc::Receiver<Pending>>) {
+    let Ok(mut receiver) = receiver.try_lock() else {
+        return;
+    };
+    while let Ok(pending) = receiver.try_recv() {
+        let _ = pending.reply.send(Err(Error::Unavailable));
     }
 }
