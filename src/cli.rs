@@ -383,6 +383,22 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received; finishing in-flight requests");
 }
 
+/// `scheme://host[:port]`, as a browser sends it in `Origin` (no path, no trailing slash).
+fn parse_origin(text: &str) -> Result<String, String> {
+    let url = url::Url::parse(text).map_err(|err| format!("'{text}' is not an origin: {err}"))?;
+    let origin = url.origin();
+    if !origin.is_tuple() || !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("'{text}' is not an http(s) origin"));
+    }
+    let serialized = origin.ascii_serialization();
+    if text.trim_end_matches('/') != serialized {
+        return Err(format!(
+            "'{text}' is not an origin: write it as '{serialized}'"
+        ));
+    }
+    Ok(serialized)
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
@@ -473,20 +489,19 @@ mod tests {
             defaults.max_discarded_body_bytes
         );
     }
-}
 
-/// `scheme://host[:port]`, as a browser sends it in `Origin` (no path, no trailing slash).
-fn parse_origin(text: &str) -> Result<String, String> {
-    let url = url::Url::parse(text).map_err(|err| format!("'{text}' is not an origin: {err}"))?;
-    let origin = url.origin();
-    if !origin.is_tuple() || !matches!(url.scheme(), "http" | "https") {
-        return Err(format!("'{text}' is not an http(s) origin"));
+    #[test]
+    fn cors_origins_are_scheme_host_and_port_only() {
+        assert_eq!(
+            super::parse_origin("https://console.example.com/").as_deref(),
+            Ok("https://console.example.com")
+        );
+        assert_eq!(
+            super::parse_origin("http://127.0.0.1:5173").as_deref(),
+            Ok("http://127.0.0.1:5173")
+        );
+        assert!(super::parse_origin("https://example.com/path").is_err());
+        assert!(super::parse_origin("ftp://example.com").is_err());
+        assert!(super::parse_origin("example.com").is_err());
     }
-    let serialized = origin.ascii_serialization();
-    if text.trim_end_matches('/') != serialized {
-        return Err(format!(
-            "'{text}' is not an origin: write it as '{serialized}'"
-        ));
-    }
-    Ok(serialized)
 }
