@@ -423,3 +423,19 @@ async fn a_change_on_one_replica_reaches_a_watcher_on_another() {
         .expect("B's task")
         .expect("B served");
 }
+
+/// A watch is a long answer: the request timeout bounds the time to its first byte, not its
+/// length, so a watch outlives it and keeps delivering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_outlives_the_request_timeout() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |config| {
+        config.limits.request_timeout = Duration::from_secs(1);
+    })
+    .await
+    .expect("app");
+    let key = app.api_key.clone();
+    let mut stream = watch(&app, &key, WatchTasksRequest::default()).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let task_id = create_as(&app, &key, json!({})).await;
+    assert_eq!(next_events(&mut stream, 1).await, vec![(task_id, Created)]);
+}
