@@ -141,6 +141,9 @@ pub struct Config {
     /// Failed authentications a client address may make in a burst, and per minute after;
     /// past that its requests get 429 / `RESOURCE_EXHAUSTED`. 0: no limit.
     pub auth_failures_per_minute: u32,
+    /// Task events a watcher (`WatchTasks`) may fall behind by before it is ended with
+    /// `RESOURCE_EXHAUSTED`; the events are shared by all watchers, so this bounds memory.
+    pub watch_buffer: usize,
 }
 
 impl Config {
@@ -155,6 +158,7 @@ impl Config {
             database: DatabasePool::default(),
             gauge_interval: Duration::from_secs(15),
             auth_failures_per_minute: 20,
+            watch_buffer: 1024,
         }
     }
 }

@@ -170,6 +170,8 @@ impl App {
             shutdown,
         )
         .await;
+        // Watches never finish on their own: end them, or they would hold the grace period.
+        self.service.stop_watchers();
         let grace = self.config.shutdown_grace;
         // In-flight requests get `grace` to finish; a client that never finishes cannot hold
         // the process forever.

@@ -5,6 +5,7 @@ mod backup;
 mod batches;
 mod bulk;
 mod callbacks;
+mod change_feed;
 mod group_commit;
 mod idempotency;
 mod projects;
@@ -20,6 +21,7 @@ pub use bulk::{
     IMPORT_CHUNK,
 };
 pub use callbacks::{sign_webhook, AttemptOutcome};
+pub use change_feed::{TaskEvent, TaskWatch, WatchEnd};
 pub use tasks::{tags_from_json, Created, TagEdit, TaskPage};
 pub use work::{ClaimRequest, ClaimedTask};
 
@@ -48,6 +50,8 @@ pub struct Service {
     deliveries_waiting: Notify,
     /// Plain creates, committed together.
     group_commit: group_commit::GroupCommit,
+    /// Committed task changes, fanned out to this process's watchers.
+    change_feed: change_feed::ChangeFeed,
 }
 
 impl Service {
@@ -62,6 +66,7 @@ impl Service {
             group_commit::GroupCommit::start(store.clone(), config.callbacks.clone(), committers);
         Service {
             group_commit,
+            change_feed: change_feed::ChangeFeed::new(store.clone(), config.watch_buffer),
             store,
             limits: config.limits.clone(),
             idempotency_ttl: config.idempotency_ttl,

@@ -156,14 +156,19 @@ impl Store {
             AttemptRecord::GaveUp { .. } => Some(false),
             AttemptRecord::Retry { .. } => None,
         };
+        let mut changes = Vec::new();
         if let (Some(succeeded), CallbackSubject::Task(task)) = (resolved, &delivery.subject) {
             tasks::Entity::update_many()
                 .col_expr(tasks::Column::CallbackSucceeded, Expr::value(succeeded))
                 .filter(tasks::Column::TaskId.eq(task.id.as_str()))
                 .exec(&txn)
                 .await?;
+            changes.push(super::TaskChange {
+                task_id: task.id.to_string(),
+                kind: super::ChangeKind::Updated,
+            });
         }
-        txn.commit().await?;
+        self.commit_with_changes(txn, changes).await?;
         Ok(true)
     }
 

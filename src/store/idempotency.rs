@@ -194,9 +194,12 @@ impl Store {
                 }
             }
         }
+        let mut changes = Vec::new();
         if !to_insert.is_empty() {
             let inserted =
                 super::tasks::insert_tasks_in(&txn, &to_insert, on_batch_completed).await?;
+            changes =
+                super::tasks::created_changes(to_insert.iter().map(|(task, _)| task), &inserted);
             for ((index, (task, _)), outcome) in
                 inserted_index.into_iter().zip(to_insert).zip(inserted)
             {
@@ -257,7 +260,7 @@ impl Store {
                     })?;
             }
         }
-        txn.commit().await?;
+        self.commit_with_changes(txn, changes).await?;
         Ok(answers
             .into_iter()
             .map(|answer| answer.unwrap_or(Err(Error::Internal)))

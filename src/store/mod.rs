@@ -4,6 +4,7 @@ mod accounts;
 mod backup;
 mod batches;
 mod callbacks;
+mod changes;
 mod connect;
 pub mod entities;
 mod error;
@@ -14,6 +15,7 @@ mod work;
 
 pub use batches::OnBatchCompleted;
 pub use callbacks::AttemptRecord;
+pub use changes::{ChangeKind, ChangeNotice, ChangeSubscription, TaskChange};
 pub use connect::ConnectError;
 use error::is_unique_violation;
 pub use tasks::BulkInserted;
@@ -44,6 +46,8 @@ pub struct Store {
     read: DatabaseConnection,
     /// Whether `read` is a pool of its own (to close), or `db` again.
     separate_readers: bool,
+    /// SQLite's task change feed (PostgreSQL's is `NOTIFY`).
+    local_changes: changes::LocalChanges,
 }
 
 /// How one connection pool is used at a moment, for `/metrics`.
@@ -129,6 +133,7 @@ impl Store {
             db,
             read,
             separate_readers,
+            local_changes: changes::LocalChanges::new(),
         })
     }
 

@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 
 use super::{
     batches::OnBatchCompleted,
+    changes::{ChangeKind, TaskChange},
     entities::{task_counts, task_hour_counts, task_tags, tasks},
     is_unique_violation, Store,
 };
@@ -79,7 +80,21 @@ impl Store {
         if let (Some(batch), true) = (&task.batch, task.status != before.status) {
             super::batches::refresh_batch(&txn, scope, batch, on_batch_completed).await?;
         }
-        txn.commit().await?;
+        // A lease alone is invisible to clients, so it is no change to watch.
+        let visible = {
+            let mut unleased = task.clone();
+            unleased.lease.clone_from(&before.lease);
+            unleased != before
+        };
+        let changes = if visible {
+            vec![TaskChange {
+                task_id: task.id.to_string(),
+                kind: ChangeKind::of_update(before.status, task.status),
+            }]
+        } else {
+            Vec::new()
+        };
+        self.commit_with_changes(txn, changes).await?;
         Ok(task)
     }
 
@@ -370,9 +385,28 @@ impl Store {
     ) -> Result<Vec<BulkInserted>> {
         let txn = self.db.begin().await?;
         let outcomes = insert_tasks_in(&txn, items, on_batch_completed).await?;
-        txn.commit().await?;
+        self.commit_with_changes(
+            txn,
+            created_changes(items.iter().map(|(task, _)| task), &outcomes),
+        )
+        .await?;
         Ok(outcomes)
     }
+}
+
+/// The `created` changes of a bulk insert's tasks that were inserted.
+pub(super) fn created_changes<'a>(
+    tasks: impl Iterator<Item = &'a Task>,
+    outcomes: &[BulkInserted],
+) -> Vec<TaskChange> {
+    tasks
+        .zip(outcomes)
+        .filter(|(_, outcome)| **outcome == BulkInserted::Created)
+        .map(|(task, _)| TaskChange {
+            task_id: task.id.to_string(),
+            kind: ChangeKind::Created,
+        })
+        .collect()
 }
 
 pub(super) async fn insert_tasks_in(

@@ -590,6 +590,7 @@ const RPCS: &[(&str, RpcKind)] = &[
     ("TaskService/DeleteTaskTags", RpcKind::Object),
     ("TaskService/AuditTask", RpcKind::Object),
     ("TaskService/ExportTasks", RpcKind::List),
+    ("TaskService/WatchTasks", RpcKind::List),
     ("WorkService/ClaimTasks", RpcKind::List),
     ("WorkService/HeartbeatLease", RpcKind::Object),
     ("WorkService/ReleaseLease", RpcKind::Object),
@@ -776,6 +777,13 @@ async fn call_rpc(
                 tasks.push(task);
             }
             format!("{tasks:?}")
+        }
+        // A watch never ends by itself: opening it is the answer (what a watcher sees of
+        // other accounts and worlds is tested in watch.rs).
+        "TaskService/WatchTasks" => {
+            let request = with_auth(authorization, proto::WatchTasksRequest::default());
+            let stream = clients.tasks.watch_tasks(request).await?;
+            format!("{:?}", stream.metadata())
         }
         "TaskService/CreateTask" => {
             let mut message = image_task();

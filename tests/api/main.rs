@@ -24,4 +24,5 @@ mod rest_tasks;
 mod scale_client;
 mod smoke;
 mod startup;
+mod watch;
 mod work;

@@ -104,6 +104,21 @@ pub fn from_status(value: i32) -> Result<Option<TaskStatus>, Error> {
     }
 }
 
+pub fn task_event(event: crate::service::TaskEvent) -> proto::TaskEvent {
+    use crate::store::ChangeKind;
+    let kind = match event.kind {
+        ChangeKind::Created => proto::TaskEventKind::Created,
+        ChangeKind::Updated => proto::TaskEventKind::Updated,
+        ChangeKind::Canceled => proto::TaskEventKind::Canceled,
+        ChangeKind::Completed => proto::TaskEventKind::Completed,
+        ChangeKind::Failed => proto::TaskEventKind::Failed,
+    };
+    proto::TaskEvent {
+        task: Some(task(event.task)),
+        kind: kind.into(),
+    }
+}
+
 pub fn task(task: Task) -> proto::Task {
     proto::Task {
         task_id: task.id.into_string(),

@@ -1,5 +1,8 @@
 //! `annotask.v1.TaskService`.
 
+use std::pin::Pin;
+
+use futures_util::Stream;
 use serde_json::{Map, Value};
 use tonic::{Request, Response, Status};
 
@@ -8,8 +11,62 @@ use crate::{
     domain::{Caller, ListQuery, TaskFilter, TimeRange},
     error::Error,
     proto::{self, task_service_server::TaskService},
-    service::TagEdit,
+    service::{TagEdit, TaskWatch, WatchEnd},
 };
+
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<proto::TaskEvent, Status>> + Send>>;
+
+/// A watch's events, then the status that ended it.
+fn watch_stream(watch: TaskWatch) -> WatchStream {
+    Box::pin(futures_util::stream::unfold(
+        Some(watch),
+        |watch| async move {
+            let mut watch = watch?;
+            match watch.next().await {
+                Ok(event) => Some((Ok(convert::task_event(event)), Some(watch))),
+                Err(end) => {
+                    let status = match end {
+                        WatchEnd::FellBehind { .. } => Status::resource_exhausted(end.to_string()),
+                        WatchEnd::Interrupted | WatchEnd::ShuttingDown => {
+                            Status::unavailable(end.to_string())
+                        }
+                    };
+                    Some((Err(status), None))
+                }
+            }
+        },
+    ))
+}
+
+fn watch_filter(request: proto::WatchTasksRequest) -> Result<TaskFilter, Error> {
+    Ok(TaskFilter {
+        created: time_range(
+            "start_time",
+            request.start_time,
+            "end_time",
+            request.end_time,
+        )?,
+        completed: time_range(
+            "completed_after",
+            request.completed_after,
+            "completed_before",
+            request.completed_before,
+        )?,
+        updated: time_range(
+            "updated_after",
+            request.updated_after,
+            "updated_before",
+            request.updated_before,
+        )?,
+        status: convert::from_status(request.status)?,
+        task_type: non_empty(request.r#type),
+        project: non_empty(request.project),
+        batch: non_empty(request.batch),
+        unique_ids: request.unique_id,
+        tags: request.tags,
+        customer_review_statuses: request.customer_review_status,
+    })
+}
 
 impl GrpcApi {
     async fn edit_tags(
@@ -128,6 +185,17 @@ pub(super) fn creation_fields(request: proto::CreateTaskRequest) -> Map<String, 
 impl TaskService for GrpcApi {
     type ImportTasksStream = super::bulk::ImportStream;
     type ExportTasksStream = super::bulk::ExportStream;
+    type WatchTasksStream = WatchStream;
+
+    async fn watch_tasks(
+        &self,
+        request: Request<proto::WatchTasksRequest>,
+    ) -> Result<Response<Self::WatchTasksStream>, Status> {
+        let caller = self.caller(&request).await?;
+        let filter = watch_filter(request.into_inner())?;
+        let watch = self.service.watch_tasks(caller, filter).await?;
+        Ok(Response::new(watch_stream(watch)))
+    }
 
     async fn import_tasks(
         &self,
