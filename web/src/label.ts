@@ -217,6 +217,8 @@ function freeForm(): Question {
 export function renderLabel(root: HTMLElement, query: URLSearchParams): () => void {
   const stop = new AbortController();
   let heartbeat: number | undefined;
+  // The lease in hand, released when the labeller leaves the view so the task goes back at once.
+  let held: { taskId: string; leaseToken: string } | null = null;
   const projectSelect = h("select", { name: "project", "aria-label": "Project" }, h("option", { value: "" }, "any project"));
   const typeInput = h("input", { name: "type", placeholder: "any type", value: query.get("type") ?? "", "aria-label": "Type" });
   const workArea = h("div", { class: "work-area" }, h("p", { class: "muted" }, "Claim a task to start labelling."));
@@ -247,6 +249,7 @@ export function renderLabel(root: HTMLElement, query: URLSearchParams): () => vo
   function endLease(): void {
     window.clearInterval(heartbeat);
     heartbeat = undefined;
+    held = null;
     clear(workArea, h("p", { class: "muted" }, "Claim a task to start labelling."));
   }
 
@@ -271,6 +274,7 @@ export function renderLabel(root: HTMLElement, query: URLSearchParams): () => vo
   function show(lease: Lease): void {
     const task = lease.task!;
     const ref = { taskId: task.taskId, leaseToken: lease.leaseToken };
+    held = ref;
     window.clearInterval(heartbeat);
     heartbeat = window.setInterval(() => {
       work.heartbeatLease({ ...ref, leaseSeconds: LEASE_SECONDS }).catch((err) => showError(err, "Keeping the lease failed"));
@@ -365,5 +369,6 @@ export function renderLabel(root: HTMLElement, query: URLSearchParams): () => vo
   return () => {
     stop.abort();
     window.clearInterval(heartbeat);
+    if (held) work.releaseLease(held).catch(() => {});
   };
 }
