@@ -91,6 +91,8 @@ function startSidecar(port, apiPort, serveConsole) {
       { host: "127.0.0.1", port: apiPort, path: req.url, method: req.method, headers: req.headers },
       (up) => {
         res.writeHead(up.statusCode, up.headers);
+        // A stream's headers must reach the page before its first message, as they do unproxied.
+        res.flushHeaders();
         up.pipe(res);
       },
     );
