@@ -5,6 +5,8 @@ use prost::Message;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // tonic-prost-build emits no rerun-if-changed of its own.
     println!("cargo:rerun-if-changed=proto");
+    // The console's bundle is embedded (rust-embed): a file added to it must rebuild too.
+    println!("cargo:rerun-if-changed=web/dist");
     // protox is a pure-Rust protobuf compiler: no protoc needed on the build machine.
     let descriptors = protox::compile(
         [

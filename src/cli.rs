@@ -113,6 +113,9 @@ pub struct ServeArgs {
     /// Failed authentications one client address (IPv6: its /64) may make in a burst and per minute; past that, 429 for all its requests until it refills. 0 turns the limit off (e.g. behind a proxy, where every client shares its address).
     #[arg(long, env = "ANNOTASK_AUTH_FAILURES_PER_MINUTE", default_value_t = 20)]
     pub auth_failures_per_minute: u32,
+    /// An origin (`https://console.example.com`) whose pages may call the API from a browser; repeat it, or comma-separate in the environment. None given: any origin (keys, not cookies, authenticate, so a page can only use a key it was given).
+    #[arg(long = "cors-origin", env = "ANNOTASK_CORS_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
+    pub cors_origins: Vec<String>,
 }
 
 impl ServeArgs {
@@ -137,6 +140,7 @@ impl ServeArgs {
         config.database.acquire_timeout = self.database_acquire_timeout;
         config.database.statement_timeout = self.database_statement_timeout;
         config.auth_failures_per_minute = self.auth_failures_per_minute;
+        config.cors_origins.clone_from(&self.cors_origins);
         config
     }
 }
@@ -379,6 +383,22 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received; finishing in-flight requests");
 }
 
+/// `scheme://host[:port]`, as a browser sends it in `Origin` (no path, no trailing slash).
+fn parse_origin(text: &str) -> Result<String, String> {
+    let url = url::Url::parse(text).map_err(|err| format!("'{text}' is not an origin: {err}"))?;
+    let origin = url.origin();
+    if !origin.is_tuple() || !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("'{text}' is not an http(s) origin"));
+    }
+    let serialized = origin.ascii_serialization();
+    if text.trim_end_matches('/') != serialized {
+        return Err(format!(
+            "'{text}' is not an origin: write it as '{serialized}'"
+        ));
+    }
+    Ok(serialized)
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
@@ -468,5 +488,20 @@ mod tests {
             config.limits.max_discarded_body_bytes,
             defaults.max_discarded_body_bytes
         );
+    }
+
+    #[test]
+    fn cors_origins_are_scheme_host_and_port_only() {
+        assert_eq!(
+            super::parse_origin("https://console.example.com/").as_deref(),
+            Ok("https://console.example.com")
+        );
+        assert_eq!(
+            super::parse_origin("http://127.0.0.1:5173").as_deref(),
+            Ok("http://127.0.0.1:5173")
+        );
+        assert!(super::parse_origin("https://example.com/path").is_err());
+        assert!(super::parse_origin("ftp://example.com").is_err());
+        assert!(super::parse_origin("example.com").is_err());
     }
 }

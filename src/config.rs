@@ -141,6 +141,8 @@ pub struct Config {
     /// Failed authentications a client address may make in a burst, and per minute after;
     /// past that its requests get 429 / `RESOURCE_EXHAUSTED`. 0: no limit.
     pub auth_failures_per_minute: u32,
+    /// Origins whose pages may call the API from a browser (grpc-web, REST); empty: any.
+    pub cors_origins: Vec<String>,
     /// Task events a watcher (`WatchTasks`) may fall behind by before it is ended with
     /// `RESOURCE_EXHAUSTED`; the events are shared by all watchers, so this bounds memory.
     pub watch_buffer: usize,
@@ -158,6 +160,7 @@ impl Config {
             database: DatabasePool::default(),
             gauge_interval: Duration::from_secs(15),
             auth_failures_per_minute: 20,
+            cors_origins: Vec::new(),
             watch_buffer: 1024,
         }
     }

@@ -7,7 +7,7 @@ use std::{future::Future, io, net::SocketAddr, pin::pin, sync::Arc, time::Durati
 
 use axum::{
     extract::DefaultBodyLimit,
-    http::{header, HeaderName},
+    http::{header, HeaderName, HeaderValue},
     middleware, Router,
 };
 use hyper_util::{
@@ -19,13 +19,13 @@ use tokio::net::TcpListener;
 use tonic_web::GrpcWebLayer;
 use tower::Service as _;
 use tower_http::{
-    cors::{AllowHeaders, Any, CorsLayer},
+    cors::{AllowHeaders, AllowOrigin, Any, CorsLayer},
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     trace::TraceLayer,
 };
 
 use crate::{
-    api::{grpc, rest},
+    api::{console, grpc, rest},
     config::Config,
     jobs::Jobs,
     proto::{
@@ -116,9 +116,21 @@ impl App {
 
         let v1 = rest::v1_router(self.service.clone()).layer(DefaultBodyLimit::max(max_body));
 
+        let origins = if self.config.cors_origins.is_empty() {
+            AllowOrigin::any()
+        } else {
+            AllowOrigin::list(
+                self.config
+                    .cors_origins
+                    .iter()
+                    .filter_map(|origin| HeaderValue::from_str(origin).ok()),
+            )
+        };
         let cors = CorsLayer::new()
-            .allow_origin(Any)
+            .allow_origin(origins)
             .allow_methods(Any)
+            // Chromium caps this at 2 hours: a console does not repeat its preflights for that long.
+            .max_age(Duration::from_secs(2 * 60 * 60))
             // `*` never covers Authorization in browsers: echo what the preflight asks for.
             .allow_headers(AllowHeaders::mirror_request())
             .expose_headers([
@@ -133,7 +145,7 @@ impl App {
         Ok(grpc
             .merge(rest::ops_router(self.service.clone()))
             .nest("/v1", v1)
-            .fallback(rest::not_found)
+            .fallback_service(console::fallback())
             .layer(middleware::from_fn_with_state(
                 limits::RequestLimits::new(&self.config.limits),
                 limits::enforce,

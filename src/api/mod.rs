@@ -2,6 +2,7 @@
 //! transport, one file per resource inside it, the same names on each side.
 
 mod bulk;
+pub mod console;
 pub mod grpc;
 pub mod rest;
 mod spool;

@@ -7,6 +7,7 @@ mod admin;
 mod authz_matrix;
 mod bulk;
 mod callbacks;
+mod console;
 mod crash_cycles;
 mod db_faults;
 mod grpc;
