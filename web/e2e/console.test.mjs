@@ -264,6 +264,17 @@ try {
   await page.locator('[data-count="pending"] .n', { hasText: /^12$/ }).waitFor(WAIT);
   await page.screenshot({ path: path.join(shots, "04-filter-tags.png") });
 
+  step = "filter by created range";
+  await page.getByRole("button", { name: "Reset" }).click();
+  await page.getByLabel("created from", { exact: true }).fill("2099-01-01T00:00");
+  await page.getByRole("button", { name: "Apply" }).click();
+  await page.locator("td.empty", { hasText: "No tasks match" }).waitFor(WAIT);
+  await page.locator('[data-count="all"] .n', { hasText: /^0$/ }).waitFor(WAIT);
+  await page.getByLabel("created from", { exact: true }).fill("2000-01-01T00:00");
+  await page.getByLabel("tags (all of)").fill("fleet");
+  await page.getByRole("button", { name: "Apply" }).click();
+  await page.locator(".page-info", { hasText: "Page 1 · 1–12 of 12" }).waitFor(WAIT);
+
   step = "open a task";
   const target = cars[5];
   await page.locator(`tr[data-task-id="${target.task_id}"] a`).click();
@@ -313,6 +324,15 @@ try {
   const canceled = await rest("GET", `/task/${target.task_id}`);
   assert.equal(canceled.status, "canceled");
   assert.equal(canceled.unique_id, undefined);
+
+  step = "set and clear a unique id";
+  await page.getByRole("button", { name: "Set unique id" }).click();
+  await page.locator("dialog input[name=unique_id]").fill("car-5-retired");
+  await page.locator("dialog").getByRole("button", { name: "Save" }).click();
+  await page.locator('[data-field="unique_id"]', { hasText: "car-5-retired" }).waitFor(WAIT);
+  await page.getByRole("button", { name: "Clear unique id" }).click();
+  await page.locator('[data-field="unique_id"]', { hasText: "—" }).waitFor(WAIT);
+  assert.equal((await rest("GET", `/task/${target.task_id}`)).unique_id, undefined);
 
   step = "watch a task created over REST appear without a reload";
   await page.locator("a", { hasText: "← Back to tasks" }).click();
