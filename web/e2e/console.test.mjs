@@ -228,6 +228,16 @@ try {
   assert.ok(!page.url().includes(annotask.key), "the key is never in the URL");
   assert.equal(await page.evaluate(() => sessionStorage.getItem("annotask.apiKey")), annotask.key);
 
+  // Reset re-renders the list view; wait for the new, empty form before typing into it.
+  const resetFilters = async () => {
+    await page.getByRole("button", { name: "Reset" }).click();
+    await page.waitForFunction(
+      () => location.hash === "#/tasks" && [...document.querySelectorAll(".filters input")].every((i) => i.value === ""),
+      null,
+      WAIT,
+    );
+  };
+
   step = "see the tasks created over REST, with counts";
   const rows = page.locator("table.tasks tbody tr[data-task-id]");
   await page.locator(".page-info", { hasText: "Page 1 · 1–25 of 28" }).waitFor(WAIT);
@@ -257,7 +267,7 @@ try {
     ["textcollection"],
   );
   assert.ok(page.url().includes("type=textcollection"));
-  await page.getByRole("button", { name: "Reset" }).click();
+  await resetFilters();
   await page.getByLabel("tags (all of)").fill("fleet");
   await page.getByRole("button", { name: "Apply" }).click();
   await page.locator(".page-info", { hasText: "Page 1 · 1–12 of 12" }).waitFor(WAIT);
@@ -265,7 +275,7 @@ try {
   await page.screenshot({ path: path.join(shots, "04-filter-tags.png") });
 
   step = "filter by created range";
-  await page.getByRole("button", { name: "Reset" }).click();
+  await resetFilters();
   await page.getByLabel("created from", { exact: true }).fill("2099-01-01T00:00");
   await page.getByRole("button", { name: "Apply" }).click();
   await page.locator("td.empty", { hasText: "No tasks match" }).waitFor(WAIT);
@@ -289,6 +299,8 @@ try {
   await page.locator("dialog").getByRole("button", { name: "Save" }).click();
   await page.locator("dialog [role=alert]", { hasText: "AlreadyExists" }).waitFor(WAIT);
   await page.locator("dialog [role=alert]", { hasText: cars[6].task_id }).waitFor(WAIT);
+  // The ErrorInfo reason from grpc-status-details-bin, decoded.
+  await page.locator("dialog [role=alert] .reason", { hasText: "UNIQUE_ID_CONFLICT" }).waitFor(WAIT);
   await page.screenshot({ path: path.join(shots, "05-error-in-dialog.png") });
   await page.locator("dialog").getByRole("button", { name: "Close" }).click();
 
@@ -434,6 +446,19 @@ try {
   const failed = await rest("GET", `/task/${cars[1].task_id}`);
   assert.equal(failed.status, "error");
 
+  step = "answer a textcollection task";
+  await page.getByLabel("Project").selectOption("");
+  await page.getByLabel("Type", { exact: true }).fill("textcollection");
+  await page.getByRole("button", { name: "Claim next task" }).click();
+  const text = page.locator("[data-labelling]");
+  await text.waitFor(WAIT);
+  await text.locator(".attachment-text", { hasText: /Plate photo \d/ }).waitFor(WAIT);
+  const textId = await text.getAttribute("data-labelling");
+  await page.getByLabel("Plate number").fill("KA 01 AB 1234");
+  await page.getByRole("button", { name: "Submit", exact: true }).click();
+  await page.locator(".banner.notice", { hasText: `Task ${textId} completed` }).waitFor(WAIT);
+  assert.deepEqual((await rest("GET", `/task/${textId}`)).response, { fields: { plate: "KA 01 AB 1234" } });
+
   step = "README screenshot";
   await page.goto(`${consoleUrl}#/tasks`);
   await page.locator('[data-live="live"]').waitFor(WAIT);
@@ -442,6 +467,11 @@ try {
   if (process.env.WEB_E2E_README_SCREENSHOT) {
     await page.screenshot({ path: path.join(repo, "web/screenshot.png") });
   }
+
+  step = "sign out";
+  await page.getByRole("button", { name: "Sign out" }).click();
+  await page.getByRole("button", { name: "Sign in" }).waitFor(WAIT);
+  assert.equal(await page.evaluate(() => sessionStorage.getItem("annotask.apiKey")), null);
 
   assert.deepEqual(pageErrors, [], "no uncaught errors in the page");
   console.log("web-e2e: ok (screenshots in target/e2e/)");
