@@ -103,8 +103,8 @@ function startSidecar(port, apiPort, serveConsole) {
   return new Promise((resolve) => server.listen(port, "127.0.0.1", () => resolve(server)));
 }
 
-async function startAnnotask(dir) {
-  const port = await freePort();
+/** Starts annotask; the first start on a database prints the key, a restart passes it in. */
+async function startAnnotask(dir, port, knownKey) {
   const child = spawn(
     binary,
     ["serve", "--listen", `127.0.0.1:${port}`, "--database-url", `sqlite://${dir}/e2e.db?mode=rwc`],
@@ -112,7 +112,7 @@ async function startAnnotask(dir) {
   );
   let log = "";
   child.stderr.on("data", (d) => (log += d));
-  const key = await new Promise((resolve, reject) => {
+  const key = knownKey ?? await new Promise((resolve, reject) => {
     let out = "";
     const timer = setTimeout(() => reject(new Error(`no API key printed by annotask\n${out}\n${log}`)), 120_000);
     child.stdout.on("data", (d) => {
@@ -139,6 +139,18 @@ async function startAnnotask(dir) {
   return { child, port, key, log: () => log };
 }
 
+/** SIGTERM, then SIGKILL if the server has not exited within 10 s; says which it took. */
+async function stopAnnotask({ child }) {
+  if (child.exitCode !== null) return "already exited";
+  const exited = new Promise((resolve) => child.once("exit", resolve));
+  child.kill("SIGTERM");
+  const timer = new Promise((resolve) => setTimeout(() => resolve("timeout"), 10_000));
+  if ((await Promise.race([exited, timer])) !== "timeout") return "SIGTERM";
+  child.kill("SIGKILL");
+  await exited;
+  return "SIGKILL";
+}
+
 // ---- the test ----------------------------------------------------------------------------
 
 const dir = mkdtempSync(path.join(os.tmpdir(), "annotask-e2e-"));
@@ -148,7 +160,7 @@ let browser;
 let page;
 let step = "start";
 try {
-  annotask = await startAnnotask(dir);
+  annotask = await startAnnotask(dir, await freePort());
   const api = `http://127.0.0.1:${annotask.port}/v1`;
   const auth = "Basic " + Buffer.from(`${annotask.key}:`).toString("base64");
   const rest = async (method, route, body) => {
@@ -370,6 +382,22 @@ try {
   assert.equal(await page.evaluate(() => window.__notReloaded), true, "the page was not reloaded");
   await page.screenshot({ path: path.join(shots, "07-live.png") });
 
+  step = "the live list reconnects after a server restart";
+  const stoppedBy = await stopAnnotask(annotask);
+  console.log(`annotask stopped (${stoppedBy}); restarting on the same port and database`);
+  await page.locator('[data-live="reconnecting"]').waitFor(WAIT);
+  annotask = await startAnnotask(dir, annotask.port, annotask.key);
+  // The backoff doubles from 1 s: the next attempt after the restart may be some seconds away.
+  await page.locator('[data-live="live"]').waitFor({ timeout: 60_000 });
+  const afterRestart = await rest("POST", "/task/textcollection", {
+    instruction: "Transcribe the plate",
+    attachments: [{ type: "text", content: "Plate photo after restart" }],
+    fields: [{ type: "text", field_id: "plate", title: "Plate number" }],
+  });
+  await page.locator(`tr[data-task-id="${afterRestart.task_id}"]`).waitFor(WAIT);
+  await page.locator('[data-count="all"] .n', { hasText: /^30$/ }).waitFor(WAIT);
+  assert.equal(await page.evaluate(() => window.__notReloaded), true, "the page was not reloaded");
+
   step = "label a categorization task";
   await page.getByRole("link", { name: "Label" }).click();
   await page.locator("select[name=project] option[value=animals]").waitFor({ state: "attached", ...WAIT });
@@ -462,7 +490,7 @@ try {
   step = "README screenshot";
   await page.goto(`${consoleUrl}#/tasks`);
   await page.locator('[data-live="live"]').waitFor(WAIT);
-  await page.locator(".page-info", { hasText: "of 29" }).waitFor(WAIT);
+  await page.locator(".page-info", { hasText: "of 30" }).waitFor(WAIT);
   await page.screenshot({ path: path.join(shots, "console.png") });
   if (process.env.WEB_E2E_README_SCREENSHOT) {
     await page.screenshot({ path: path.join(repo, "web/screenshot.png") });
@@ -485,6 +513,6 @@ try {
   await browser?.close();
   sidecar?.close();
   sidecar?.closeAllConnections?.();
-  annotask?.child.kill("SIGTERM");
+  if (annotask) await stopAnnotask(annotask);
   rmSync(dir, { recursive: true, force: true });
 }
