@@ -433,6 +433,19 @@ try {
   await page.locator(".detail-head [data-status=pending]").waitFor(WAIT);
   await page.locator('[data-section="audits"]', { hasText: "It is a field" }).waitFor(WAIT);
 
+  step = "the open detail follows a change made elsewhere";
+  await page.locator('.detail-head [data-live="live"]').waitFor(WAIT);
+  await page.evaluate(() => (window.__notReloaded = true));
+  const { leases } = await rest("POST", "/work/claim", { project: "animals", limit: 1 });
+  assert.equal(leases[0]?.task.task_id, animal.task_id);
+  await rest("POST", `/task/${animal.task_id}/complete`, {
+    lease_token: leases[0].lease_token,
+    response: { category: "field" },
+  });
+  await page.locator(".detail-head [data-status=completed]").waitFor(WAIT);
+  await page.locator('[data-section="response"] pre', { hasText: '"category": "field"' }).waitFor(WAIT);
+  assert.equal(await page.evaluate(() => window.__notReloaded), true, "the page was not reloaded");
+
   step = "draw a box on an image task";
   await page.goto(`${consoleUrl}#/label?project=cars`);
   await page.locator("select[name=project] option[value=cars]").waitFor({ state: "attached", ...WAIT });

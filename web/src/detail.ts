@@ -1,8 +1,10 @@
 // One task: its fields, params, metadata, response, tags, audits and callback outcome, and the
 // actions on it (cancel, tags, metadata, unique_id, audit).
 import type { JsonObject } from "@bufbuild/protobuf";
-import { TaskStatus, type Task } from "./gen/annotask/v1/tasks_pb";
+import { create } from "@bufbuild/protobuf";
+import { TaskStatus, WatchTasksRequestSchema, type Task } from "./gen/annotask/v1/tasks_pb";
 import { tasks } from "./api";
+import { showLiveState, watchLive } from "./live";
 import { clear, h, openDialog, showError, showNotice } from "./dom";
 import { badge, callbackOutcome, json, time } from "./format";
 
@@ -10,14 +12,37 @@ export function renderDetail(root: HTMLElement, taskId: string): () => void {
   const stop = new AbortController();
   clear(root, h("p", { class: "muted" }, "Loading task…"));
 
+  const liveEl = h("span", { class: "live off", "data-live": "off" });
+  let watching = false;
+
   async function load(): Promise<void> {
     try {
       const task = await tasks.getTask({ taskId }, { signal: stop.signal });
       show(task);
+      if (!watching) {
+        watching = true;
+        // No task_id filter exists: narrow by what cannot change, then pick this task's events.
+        const request = create(WatchTasksRequestSchema, { type: task.type, project: task.project ?? "" });
+        void watchLive(request, stop.signal, {
+          onOpen: () => void refresh(),
+          onEvent: (event) => {
+            if (event.task?.taskId === taskId && !document.querySelector("dialog[open]")) show(event.task);
+          },
+          onState: (state) => showLiveState(liveEl, state),
+        });
+      }
     } catch (err) {
       if (stop.signal.aborted) return;
       showError(err, `Task ${taskId}`);
       clear(root, h("p", null, h("a", { href: "#/tasks" }, "← Back to tasks")));
+    }
+  }
+
+  async function refresh(): Promise<void> {
+    try {
+      show(await tasks.getTask({ taskId }, { signal: stop.signal }));
+    } catch (err) {
+      if (!stop.signal.aborted) showError(err, `Task ${taskId}`);
     }
   }
 
@@ -33,6 +58,7 @@ export function renderDetail(root: HTMLElement, taskId: string): () => void {
         h("h2", { class: "mono" }, task.taskId),
         badge(task.status),
         h("span", { class: "type" }, task.type),
+        liveEl,
       ),
       h("div", { class: "actions" }, actions(task)),
       h(

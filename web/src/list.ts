@@ -11,7 +11,8 @@ import {
   type Task,
   type TaskEvent,
 } from "./gen/annotask/v1/tasks_pb";
-import { Code, isCode, tasks, watchTasks } from "./api";
+import { tasks } from "./api";
+import { showLiveState, watchLive } from "./live";
 import { clear, clearBanner, h, showError } from "./dom";
 import { badge, STATUSES, statusFromName, statusName, time } from "./format";
 
@@ -217,11 +218,17 @@ export function renderList(root: HTMLElement, query: URLSearchParams): () => voi
     nextButton.disabled = !nextToken;
   }
 
+  // Overlapping loads (paging, live refreshes) may answer out of order: only the latest counts.
+  let pageLoads = 0;
+  let countLoads = 0;
+
   async function loadPage(): Promise<void> {
+    const load = ++pageLoads;
     try {
       const resp = await tasks.listTasks(listRequest(filters, tokens[tokens.length - 1]), {
         signal: stop.signal,
       });
+      if (load !== pageLoads) return;
       rows = resp.docs;
       total = resp.total;
       nextToken = resp.hasMore ? resp.nextToken : undefined;
@@ -239,8 +246,10 @@ export function renderList(root: HTMLElement, query: URLSearchParams): () => voi
           signal: stop.signal,
         })
       ).total;
+    const load = ++countLoads;
     try {
       const totals = await Promise.all([TaskStatus.UNSPECIFIED, ...STATUSES.map((s) => s.status)].map(count));
+      if (load !== countLoads) return;
       const chip = (status: TaskStatus, name: string, n: bigint) => {
         const q = queryFromFilters({ ...filters, status });
         return h(
@@ -266,6 +275,8 @@ export function renderList(root: HTMLElement, query: URLSearchParams): () => voi
   }
 
   function goPage(step: number): void {
+    // Until the page arrives, another click would page from a stale token.
+    prevButton.disabled = nextButton.disabled = true;
     if (step > 0 && nextToken) tokens.push(nextToken);
     if (step < 0 && tokens.length > 1) tokens.pop();
     fresh = new Set();
@@ -301,47 +312,22 @@ export function renderList(root: HTMLElement, query: URLSearchParams): () => voi
     refreshSoon();
   }
 
-  function setLive(state: "live" | "reconnecting" | "off", text: string): void {
-    liveEl.className = `live ${state}`;
-    liveEl.dataset.live = state;
-    liveEl.textContent = text;
-  }
-
   // Status is left out of the watch so that the counts of every status stay live.
   const watchRequest = create(WatchTasksRequestSchema, commonFilters(filters));
-  async function watchLoop(): Promise<void> {
-    let backoff = 1000;
-    while (!stop.signal.aborted) {
-      try {
-        const events = watchTasks(watchRequest, stop.signal, () => {
-          setLive("live", "● live");
-          backoff = 1000;
-          // Changes between the last list and the subscription would be missed otherwise.
-          void loadPage();
-          void loadCounts();
-        });
-        for await (const event of events) onEvent(event);
-      } catch (err) {
-        if (stop.signal.aborted) return;
-        if (isCode(err, Code.Unauthenticated) || isCode(err, Code.PermissionDenied)) {
-          setLive("off", "○ not live");
-          showError(err, "Live updates stopped");
-          return;
-        }
-        // RESOURCE_EXHAUSTED: this watcher fell behind; the re-list on reconnect catches up.
-        if (!isCode(err, Code.ResourceExhausted)) console.warn("watch ended", err);
-      }
-      if (stop.signal.aborted) return;
-      setLive("reconnecting", "◌ reconnecting");
-      await new Promise((resolve) => window.setTimeout(resolve, backoff));
-      backoff = Math.min(backoff * 2, 30_000);
-    }
-  }
+  const watch = () =>
+    watchLive(watchRequest, stop.signal, {
+      onOpen: () => {
+        void loadPage();
+        void loadCounts();
+      },
+      onEvent,
+      onState: (state) => showLiveState(liveEl, state),
+    });
 
   clearBanner();
   void loadPage();
   void loadCounts();
-  void watchLoop();
+  void watch();
   return () => {
     stop.abort();
     window.clearTimeout(refreshTimer);
