@@ -293,6 +293,12 @@ export function renderList(root: HTMLElement, query: URLSearchParams): () => voi
     }, 300);
   }
 
+  // A changed row flashes once; re-renders after that show it plainly.
+  function markFresh(taskId: string): void {
+    fresh.add(taskId);
+    window.setTimeout(() => fresh.delete(taskId), 2000);
+  }
+
   function onEvent(event: TaskEvent): void {
     const task = event.task;
     if (!task) return;
@@ -300,12 +306,12 @@ export function renderList(root: HTMLElement, query: URLSearchParams): () => voi
     if (at >= 0) {
       if (matchesStatus(filters, task)) rows[at] = task;
       else rows.splice(at, 1);
-      fresh.add(task.taskId);
+      markFresh(task.taskId);
       renderRows();
     } else if (event.kind === TaskEventKind.CREATED && tokens.length === 1 && matchesStatus(filters, task)) {
       rows = [task, ...rows].slice(0, filters.limit);
       total += 1n;
-      fresh.add(task.taskId);
+      markFresh(task.taskId);
       renderRows();
     }
     // The page's next_token and the counts come from the server, once the burst settles.
