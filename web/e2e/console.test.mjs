@@ -20,6 +20,7 @@ const shots = path.join(repo, "target/e2e");
 const binary = process.env.ANNOTASK_BIN ?? path.join(repo, "target/debug/annotask");
 const WAIT = { timeout: 15_000 };
 
+rmSync(shots, { recursive: true, force: true });
 mkdirSync(shots, { recursive: true });
 
 function freePort() {

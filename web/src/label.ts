@@ -301,6 +301,7 @@ export function renderLabel(root: HTMLElement, query: URLSearchParams): () => vo
     }
 
     const error = h("div", { class: "dialog-error", role: "alert" });
+    question.body.addEventListener("input", () => (error.textContent = ""));
     const submit = async () => {
       const response = question.response();
       if (typeof response === "string") {
