@@ -214,7 +214,49 @@ async fn time_to_recover(faulted: &Faulted) -> Duration {
     }
 }
 
-async fn a_lost_database_is_answered_503_fast_and_service_resumes_by_itself(fault: Link) {
+/// How the database goes away.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// Staged by the proxy, so the rest of the suite keeps its PostgreSQL.
+    Proxy(Link),
+    /// The machine's PostgreSQL really stopped (`pg_ctlcluster stop -m fast`), then started.
+    StopPostgres,
+}
+
+impl Fault {
+    async fn inject(self, faulted: &Faulted) {
+        match self {
+            Fault::Proxy(link) => faulted.proxy.set(link),
+            Fault::StopPostgres => pg_ctlcluster("stop").await,
+        }
+    }
+
+    async fn repair(self, faulted: &Faulted) {
+        match self {
+            Fault::Proxy(_) => faulted.proxy.set(Link::Up),
+            Fault::StopPostgres => pg_ctlcluster("start").await,
+        }
+    }
+}
+
+/// Stops or starts the machine's one PostgreSQL cluster (Debian's wrapper).
+async fn pg_ctlcluster(action: &str) {
+    let version = std::fs::read_dir("/etc/postgresql")
+        .expect("/etc/postgresql")
+        .filter_map(|entry| entry.ok())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .next()
+        .expect("a PostgreSQL cluster");
+    let mut command = tokio::process::Command::new("pg_ctlcluster");
+    command.args(["--skip-systemctl-redirect", &version, "main", action]);
+    if action == "stop" {
+        command.args(["--", "-m", "fast"]);
+    }
+    let status = command.status().await.expect("pg_ctlcluster");
+    assert!(status.success(), "pg_ctlcluster {action}: {status}");
+}
+
+async fn a_lost_database_is_answered_503_fast_and_service_resumes_by_itself(fault: Fault) {
     let Some(faulted) = server_behind_proxy().await else {
         return;
     };
@@ -223,7 +265,7 @@ async fn a_lost_database_is_answered_503_fast_and_service_resumes_by_itself(faul
     let clients = load(&faulted, 4, stop.clone(), observed.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    faulted.proxy.set(fault);
+    fault.inject(&faulted).await;
     let cut_at = Instant::now();
     tokio::time::sleep(ACQUIRE_TIMEOUT * 3).await;
     let health = healthz(&faulted).await;
@@ -239,7 +281,7 @@ async fn a_lost_database_is_answered_503_fast_and_service_resumes_by_itself(faul
     }
     let during: Vec<_> = std::mem::take(&mut *observed.answers.lock().expect("lock"));
 
-    faulted.proxy.set(Link::Up);
+    fault.repair(&faulted).await;
     let recovery = time_to_recover(&faulted).await;
     let health_after = healthz(&faulted).await;
 
@@ -278,12 +320,23 @@ async fn a_lost_database_is_answered_503_fast_and_service_resumes_by_itself(faul
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_database_is_answered_503_fast_and_service_resumes_by_itself() {
-    a_lost_database_is_answered_503_fast_and_service_resumes_by_itself(Link::Cut).await;
+    a_lost_database_is_answered_503_fast_and_service_resumes_by_itself(Fault::Proxy(Link::Cut))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_database_is_answered_503_within_the_acquire_timeout_and_resumes() {
-    a_lost_database_is_answered_503_fast_and_service_resumes_by_itself(Link::Silent).await;
+    a_lost_database_is_answered_503_fast_and_service_resumes_by_itself(Fault::Proxy(Link::Silent))
+        .await;
+}
+
+/// The real thing: the machine's PostgreSQL stopped and started again under load. Every other
+/// test loses its database meanwhile, so it runs alone, on request:
+/// `cargo nextest run --test api --run-ignored only -E 'test(/real_postgresql_restart/)'`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "stops the machine's PostgreSQL: run it alone"]
+async fn a_real_postgresql_restart_is_answered_503_fast_and_service_resumes_by_itself() {
+    a_lost_database_is_answered_503_fast_and_service_resumes_by_itself(Fault::StopPostgres).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
