@@ -38,34 +38,42 @@ fn watch_stream(watch: TaskWatch) -> WatchStream {
     ))
 }
 
+/// The list's filters (SPEC §6) from a request that carries them (`ListTasksRequest`,
+/// `WatchTasksRequest`): the same fields under the same names, in two message types.
+macro_rules! task_filter {
+    ($request:ident) => {
+        TaskFilter {
+            created: time_range(
+                "start_time",
+                $request.start_time,
+                "end_time",
+                $request.end_time,
+            )?,
+            completed: time_range(
+                "completed_after",
+                $request.completed_after,
+                "completed_before",
+                $request.completed_before,
+            )?,
+            updated: time_range(
+                "updated_after",
+                $request.updated_after,
+                "updated_before",
+                $request.updated_before,
+            )?,
+            status: convert::from_status($request.status)?,
+            task_type: non_empty($request.r#type),
+            project: non_empty($request.project),
+            batch: non_empty($request.batch),
+            unique_ids: $request.unique_id,
+            tags: $request.tags,
+            customer_review_statuses: $request.customer_review_status,
+        }
+    };
+}
+
 fn watch_filter(request: proto::WatchTasksRequest) -> Result<TaskFilter, Error> {
-    Ok(TaskFilter {
-        created: time_range(
-            "start_time",
-            request.start_time,
-            "end_time",
-            request.end_time,
-        )?,
-        completed: time_range(
-            "completed_after",
-            request.completed_after,
-            "completed_before",
-            request.completed_before,
-        )?,
-        updated: time_range(
-            "updated_after",
-            request.updated_after,
-            "updated_before",
-            request.updated_before,
-        )?,
-        status: convert::from_status(request.status)?,
-        task_type: non_empty(request.r#type),
-        project: non_empty(request.project),
-        batch: non_empty(request.batch),
-        unique_ids: request.unique_id,
-        tags: request.tags,
-        customer_review_statuses: request.customer_review_status,
-    })
+    Ok(task_filter!(request))
 }
 
 impl GrpcApi {
@@ -108,33 +116,7 @@ pub(super) fn time_range(
 
 pub(super) fn list_query(request: proto::ListTasksRequest) -> Result<ListQuery, Error> {
     Ok(ListQuery {
-        filter: TaskFilter {
-            created: time_range(
-                "start_time",
-                request.start_time,
-                "end_time",
-                request.end_time,
-            )?,
-            completed: time_range(
-                "completed_after",
-                request.completed_after,
-                "completed_before",
-                request.completed_before,
-            )?,
-            updated: time_range(
-                "updated_after",
-                request.updated_after,
-                "updated_before",
-                request.updated_before,
-            )?,
-            status: convert::from_status(request.status)?,
-            task_type: non_empty(request.r#type),
-            project: non_empty(request.project),
-            batch: non_empty(request.batch),
-            unique_ids: request.unique_id,
-            tags: request.tags,
-            customer_review_statuses: request.customer_review_status,
-        },
+        filter: task_filter!(request),
         limit: (request.limit != 0).then_some(i64::from(request.limit)),
         offset: match request.offset {
             0 => None,
