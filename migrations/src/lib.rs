@@ -8,6 +8,7 @@ mod m20261130_000003_work_queue;
 mod m20261130_000004_projects_batches;
 mod m20261130_000005_api_key_prefix;
 mod m20261130_000006_task_hour_counts;
+mod m20261130_000007_task_tag_counts;
 
 pub struct Migrator;
 
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000004_projects_batches::Migration),
             Box::new(m20261130_000005_api_key_prefix::Migration),
             Box::new(m20261130_000006_task_hour_counts::Migration),
+            Box::new(m20261130_000007_task_tag_counts::Migration),
         ]
     }
 }

@@ -36,6 +36,20 @@ pub struct TaskFilter {
 impl TaskFilter {
     /// True when the filter only names dimensions the task counters are kept by,
     /// so `total` can be read from them instead of counting rows.
+    /// The one tag whose per-status counters answer this filter's total: a filter on one
+    /// tag and at most a status, nothing else.
+    pub fn tag_counter(&self) -> Option<&str> {
+        let [tag] = self.tags.as_slice() else {
+            return None;
+        };
+        let only_tag_and_status = TaskFilter {
+            status: None,
+            tags: Vec::new(),
+            ..self.clone()
+        } == TaskFilter::default();
+        only_tag_and_status.then_some(tag.as_str())
+    }
+
     pub fn is_answered_by_counters(&self) -> bool {
         self.created.is_open()
             && self.completed.is_open()

@@ -132,6 +132,29 @@ pub mod task_hour_counts {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+pub mod task_tag_counts {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "task_tag_counts")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub account_id: i64,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub is_test: bool,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tag: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub status: String,
+        pub total: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
 pub mod task_counts {
     use sea_orm::entity::prelude::*;
 

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use super::{
     batches::OnBatchCompleted,
     changes::{ChangeKind, TaskChange},
-    entities::{task_counts, task_hour_counts, task_tags, tasks},
+    entities::{task_counts, task_hour_counts, task_tag_counts, task_tags, tasks},
     is_unique_violation, Store,
 };
 use crate::{
@@ -74,6 +74,12 @@ impl Store {
             adjust_count(&txn, &before, -1).await?;
             adjust_count(&txn, &task, 1).await?;
         }
+        if task.tags != before.tags || task.status != before.status {
+            let mut deltas = TagDeltas::new();
+            add_tag_deltas(&mut deltas, &before, -1);
+            add_tag_deltas(&mut deltas, &task, 1);
+            adjust_tag_counts(&txn, deltas).await?;
+        }
         if let Some(callback) = &callback {
             super::callbacks::insert_delivery(&txn, callback).await?;
         }
@@ -125,15 +131,16 @@ impl Store {
             .into_iter()
             .map(from_model)
             .collect::<Result<Vec<_>>>()?;
+        // One tag (and a status) is answered by its counters, whatever the tag's size.
         let total = match &candidates {
-            Some(ids) => {
+            Some(ids) if filter.tag_counter().is_none() => {
                 tasks::Entity::find()
                     .filter(filter_condition(scope, filter))
                     .filter(tasks::Column::TaskId.is_in(ids.iter().cloned()))
                     .count(&txn)
                     .await?
             }
-            None => count_tasks(&txn, scope, filter).await?,
+            _ => count_tasks(&txn, scope, filter).await?,
         };
         txn.commit().await?;
         Ok((docs, total))
@@ -209,6 +216,16 @@ async fn count_tasks(db: &impl ConnectionTrait, scope: Scope, filter: &TaskFilte
         created: TimeRange::default(),
         ..filter.clone()
     };
+    if let Some(tag) = filter.tag_counter() {
+        let mut condition = Condition::all()
+            .add(task_tag_counts::Column::AccountId.eq(scope.account_id))
+            .add(task_tag_counts::Column::IsTest.eq(scope.is_test))
+            .add(task_tag_counts::Column::Tag.eq(tag));
+        if let Some(status) = filter.status {
+            condition = condition.add(task_tag_counts::Column::Status.eq(status.as_str()));
+        }
+        return sum_counts::<task_tag_counts::Entity>(db, condition).await;
+    }
     if !unwindowed.is_answered_by_counters() {
         return count_rows(db, scope, filter).await;
     }
@@ -254,7 +271,7 @@ async fn count_tasks(db: &impl ConnectionTrait, scope: Scope, filter: &TaskFilte
 const RARE_TAG_ROWS: u64 = 5_000;
 
 /// For a filter with tags: the ids of the tasks carrying its rarest tag, when there are at most
-/// [`RARE_TAG_ROWS`] of them (counted through the covering tag index); `None` otherwise.
+/// [`RARE_TAG_ROWS`] of them (read from the tag's counters); `None` otherwise.
 async fn rare_tag_candidates(
     db: &impl ConnectionTrait,
     scope: Scope,
@@ -268,7 +285,14 @@ async fn rare_tag_candidates(
     };
     let mut rarest: Option<(u64, &str)> = None;
     for tag in &filter.tags {
-        let rows = tag_rows(tag).count(db).await?;
+        let rows = sum_counts::<task_tag_counts::Entity>(
+            db,
+            Condition::all()
+                .add(task_tag_counts::Column::AccountId.eq(scope.account_id))
+                .add(task_tag_counts::Column::IsTest.eq(scope.is_test))
+                .add(task_tag_counts::Column::Tag.eq(tag.as_str())),
+        )
+        .await?;
         if rarest.is_none_or(|(fewest, _)| rows < fewest) {
             rarest = Some((rows, tag));
         }
@@ -506,6 +530,11 @@ pub(super) async fn insert_tasks_in(
     for (task, delta) in hours.into_values() {
         adjust_hour(txn, task, delta).await?;
     }
+    let mut tag_deltas = TagDeltas::new();
+    for (task, _) in created() {
+        add_tag_deltas(&mut tag_deltas, task, 1);
+    }
+    adjust_tag_counts(txn, tag_deltas).await?;
     for (_, callback) in created() {
         if let Some(callback) = callback {
             super::callbacks::insert_delivery(txn, callback).await?;
@@ -637,18 +666,20 @@ pub(super) fn filter_condition(scope: Scope, filter: &TaskFilter) -> Condition {
                 .is_in(filter.customer_review_statuses.iter().cloned()),
         );
     }
+    // A probe of the tag's primary key (task_id, tag) per task: a page walking the list index
+    // stops after its rows, where `task_id IN (every task with the tag)` first gathers them all.
     for tag in &filter.tags {
-        condition = condition.add(
-            tasks::Column::TaskId.in_subquery(
-                Query::select()
-                    .column(task_tags::Column::TaskId)
-                    .from(task_tags::Entity)
-                    .and_where(task_tags::Column::AccountId.eq(scope.account_id))
-                    .and_where(task_tags::Column::IsTest.eq(scope.is_test))
-                    .and_where(task_tags::Column::Tag.eq(tag.as_str()))
-                    .to_owned(),
-            ),
-        );
+        condition = condition.add(Expr::exists(
+            Query::select()
+                .expr(Expr::val(1))
+                .from(task_tags::Entity)
+                .and_where(
+                    Expr::col((task_tags::Entity, task_tags::Column::TaskId))
+                        .equals((tasks::Entity, tasks::Column::TaskId)),
+                )
+                .and_where(Expr::col((task_tags::Entity, task_tags::Column::Tag)).eq(tag.as_str()))
+                .to_owned(),
+        ));
     }
     condition
 }
@@ -719,6 +750,62 @@ async fn adjust_total(txn: &impl ConnectionTrait, task: &Task, delta: i64) -> Re
         )
         .exec_without_returning(txn)
         .await?;
+    Ok(())
+}
+
+/// Per (account, world, tag, status): how many tasks a write adds (or, negative, removes).
+/// Ordered, so concurrent writers upsert the counter rows in one order and never deadlock.
+type TagDeltas = std::collections::BTreeMap<(i64, bool, String, &'static str), i64>;
+
+/// Counts `task` (`delta` times) under each of its tags, once per distinct tag.
+fn add_tag_deltas(deltas: &mut TagDeltas, task: &Task, delta: i64) {
+    let tags: std::collections::BTreeSet<&String> = task.tags.iter().flatten().collect();
+    for tag in tags {
+        *deltas
+            .entry((
+                task.scope.account_id,
+                task.scope.is_test,
+                tag.clone(),
+                task.status.as_str(),
+            ))
+            .or_default() += delta;
+    }
+}
+
+/// One multi-row upsert for all of a write's tag counters (a group commit touches a few).
+async fn adjust_tag_counts(txn: &impl ConnectionTrait, deltas: TagDeltas) -> Result<()> {
+    let rows: Vec<_> = deltas
+        .into_iter()
+        .filter(|(_, delta)| *delta != 0)
+        .map(
+            |((account_id, is_test, tag, status), delta)| task_tag_counts::ActiveModel {
+                account_id: Set(account_id),
+                is_test: Set(is_test),
+                tag: Set(tag),
+                status: Set(status.to_owned()),
+                total: Set(delta),
+            },
+        )
+        .collect();
+    for chunk in statement_sized_chunks(&rows, ROWS_PER_INSERT) {
+        task_tag_counts::Entity::insert_many(chunk.to_vec())
+            .on_conflict(
+                OnConflict::columns([
+                    task_tag_counts::Column::AccountId,
+                    task_tag_counts::Column::IsTest,
+                    task_tag_counts::Column::Tag,
+                    task_tag_counts::Column::Status,
+                ])
+                .value(
+                    task_tag_counts::Column::Total,
+                    Expr::col((task_tag_counts::Entity, task_tag_counts::Column::Total))
+                        .add(Expr::cust("excluded.total")),
+                )
+                .to_owned(),
+            )
+            .exec_without_returning(txn)
+            .await?;
+    }
     Ok(())
 }
 

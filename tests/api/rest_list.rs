@@ -837,7 +837,106 @@ async fn another_accounts_tasks_are_never_listed(app: TestApp) {
     assert_eq!(total(&app, &[("project", "p")]).await, 1);
 }
 
+/// A total filtered by one tag (and a status) is read from per-tag counters: they must follow
+/// every way a task gains or loses a tag or changes status, in both worlds.
+async fn one_tag_totals_follow_every_tag_and_status_change(app: TestApp) {
+    let create = |tags: Value| {
+        let app = &app;
+        async move {
+            let (status, task) = app.create_image_task(json!({"tags": tags})).await;
+            assert_eq!(status, StatusCode::OK, "{task}");
+            task["task_id"].as_str().expect("task_id").to_owned()
+        }
+    };
+    let a = create(json!(["a"])).await;
+    let ab = create(json!(["a", "b"])).await;
+    let b = create(json!(["b"])).await;
+    let none = create(json!([])).await;
+    let _a2 = create(json!(["a"])).await;
+    let tags = |id: &str, method: Method, body: Value| {
+        app.request(method, &format!("/v1/task/{id}/tags"))
+            .json(&body)
+    };
+    ok(app.send(tags(&none, Method::PUT, json!(["c", "a"]))).await); // add
+    ok(app.send(tags(&ab, Method::POST, json!(["c"]))).await); // replace
+    ok(app.send(tags(&b, Method::DELETE, json!(["b"]))).await); // remove the last
+    ok(app.send(tags(&a, Method::PUT, json!(["a"]))).await); // a tag it has: no change
+    ok(app
+        .send(app.request(Method::POST, &format!("/v1/task/{a}/cancel")))
+        .await);
+    ok(app
+        .send(app.request(Method::POST, &format!("/v1/task/{none}/cancel")))
+        .await);
+    // A completion through the work queue.
+    let claimed = ok(app
+        .send(
+            app.request(Method::POST, "/v1/work/claim")
+                .json(&json!({"limit": 1})),
+        )
+        .await);
+    let lease = &claimed["leases"][0];
+    let leased_id = lease["task"]["task_id"]
+        .as_str()
+        .expect("claimed")
+        .to_owned();
+    ok(app
+        .send(
+            app.request(Method::POST, &format!("/v1/task/{leased_id}/complete"))
+                .json(&json!({"lease_token": lease["lease_token"], "response": {"boxes": []}})),
+        )
+        .await);
+    // The test world keeps counters of its own.
+    let test_key = app.key_for_same_account(&app.account, true).await;
+    let (status, _) = app
+        .send(
+            app.request_as(&test_key, Method::POST, "/v1/task/imageannotation")
+                .json(
+                    &json!({"attachment": "https://e.com/t.png", "geometries": {"box": {}},
+                              "tags": ["a"]}),
+                ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let everything = list(&app, &[("limit", "100")]).await;
+    let tasks = everything["docs"].as_array().expect("docs");
+    let truth = |tag: &str, status: Option<&str>| {
+        tasks
+            .iter()
+            .filter(|task| {
+                task["tags"]
+                    .as_array()
+                    .is_some_and(|tags| tags.iter().any(|t| t == tag))
+                    && status.is_none_or(|status| task["status"] == status)
+            })
+            .count() as u64
+    };
+    let mut checked = 0;
+    for tag in ["a", "b", "c", "d"] {
+        for status in [None, Some("pending"), Some("canceled"), Some("completed")] {
+            let mut pairs = vec![("tags", tag)];
+            if let Some(status) = status {
+                pairs.push(("status", status));
+            }
+            assert_eq!(
+                total(&app, &pairs).await,
+                truth(tag, status),
+                "tag {tag}, status {status:?}"
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 16);
+    assert!(truth("a", None) >= 2 && truth("c", None) == 2, "{tasks:?}");
+    let test_total = ok(app
+        .send(app.request_as(&test_key, Method::GET, "/v1/tasks?tags=a"))
+        .await)["total"]
+        .as_u64();
+    assert_eq!(test_total, Some(1));
+}
+
 backend_tests!(
+    one_tag_totals_follow_every_tag_and_status_change,
     rare_and_common_tags_page_and_count_alike,
     a_page_and_its_total_agree_under_concurrent_creates,
     creation_window_totals_match_the_rows_whatever_the_edges,
