@@ -34,8 +34,6 @@ pub struct TaskFilter {
 }
 
 impl TaskFilter {
-    /// True when the filter only names dimensions the task counters are kept by,
-    /// so `total` can be read from them instead of counting rows.
     /// The one tag whose per-status counters answer this filter's total: a filter on one
     /// tag and at most a status, nothing else.
     pub fn tag_counter(&self) -> Option<&str> {
@@ -50,6 +48,8 @@ impl TaskFilter {
         only_tag_and_status.then_some(tag.as_str())
     }
 
+    /// True when the filter only names dimensions the task counters are kept by,
+    /// so `total` can be read from them instead of counting rows.
     pub fn is_answered_by_counters(&self) -> bool {
         self.created.is_open()
             && self.completed.is_open()

@@ -191,7 +191,13 @@ async fn a_revoked_key_is_refused_on_rest_and_grpc_within_the_bound(app: TestApp
             if answer == REFUSED {
                 break;
             }
-            assert_eq!(answer, ACCEPTED, "either accepted or refused on both");
+            // REST asks first, gRPC second: the cached key can lapse between the two calls
+            // (accepted, then refused), never the other way round (a refused key is not cached).
+            let lapsing = (StatusCode::OK, tonic::Code::Unauthenticated);
+            assert!(
+                answer == ACCEPTED || answer == lapsing,
+                "either accepted or refused on both, or lapsing between the calls: {answer:?}"
+            );
             assert!(
                 revoked_at.elapsed() < REVOCATION_DELAY + Duration::from_secs(1),
                 "{server} still accepts the key {:?} after its revocation",
