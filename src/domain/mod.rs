@@ -1,6 +1,7 @@
 //! Plain domain types: they can only hold valid values and know nothing of wires or storage.
 
 pub mod batch;
+pub mod json_object;
 pub mod page_token;
 pub mod project;
 pub mod query;
@@ -11,6 +12,7 @@ pub mod time;
 pub mod work;
 
 pub use batch::{Batch, BatchCounts, BatchFilter, BatchStatus};
+pub use json_object::JsonObject;
 pub use page_token::PageToken;
 pub use project::{ParamVersion, Project};
 pub use query::{ListQuery, TaskFilter, TimeRange};

@@ -1,9 +1,9 @@
 //! The task and its status.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use super::{task_id::TaskId, time::Timestamp, work::TaskLease};
+use super::{json_object::JsonObject, task_id::TaskId, time::Timestamp, work::TaskLease};
 
 /// Whose data a request sees: one account, and within it the live or the test world.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -61,9 +61,9 @@ pub struct Task {
     pub status: TaskStatus,
     pub instruction: Option<String>,
     /// Every type-specific creation field (attachment, geometries, ...).
-    pub params: Map<String, Value>,
+    pub params: JsonObject,
     pub callback_url: Option<String>,
-    pub metadata: Map<String, Value>,
+    pub metadata: JsonObject,
     pub unique_id: Option<String>,
     /// `None` until tags are first set, so the wire can leave the key out as Scale does.
     pub tags: Option<Vec<String>>,

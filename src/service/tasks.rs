@@ -169,9 +169,9 @@ impl Service {
             task_type: task_type.name().to_owned(),
             status,
             instruction,
-            params: fields,
+            params: fields.into(),
             callback_url,
-            metadata,
+            metadata: metadata.into(),
             unique_id,
             tags,
             project,
@@ -296,7 +296,7 @@ impl Service {
     ) -> Result<Task> {
         let metadata = self.check_metadata(metadata)?;
         self.mutate_task(require_admin(caller)?, task_id, |task| {
-            task.metadata = metadata;
+            task.metadata = metadata.into();
             Ok(())
         })
         .await

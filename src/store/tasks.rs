@@ -1,13 +1,5 @@
 //! Task rows, their tag index and the counters behind list totals.
 
-use sea_orm::{
-    sea_query::{Alias, Expr, Func, OnConflict, Query, SimpleExpr},
-    ActiveValue::Set,
-    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, QueryTrait, TransactionTrait,
-};
-use serde_json::{Map, Value};
-
 use super::{
     batches::OnBatchCompleted,
     changes::{ChangeKind, TaskChange},
@@ -16,10 +8,16 @@ use super::{
 };
 use crate::{
     domain::{
-        Audit, NewDelivery, PageToken, Scope, Task, TaskFilter, TaskId, TaskLease, TaskStatus,
-        TimeRange, Timestamp,
+        Audit, JsonObject, NewDelivery, PageToken, Scope, Task, TaskFilter, TaskId, TaskLease,
+        TaskStatus, TimeRange, Timestamp,
     },
     error::{Error, Result},
+};
+use sea_orm::{
+    sea_query::{Alias, Expr, Func, OnConflict, Query, SimpleExpr},
+    ActiveValue::Set,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait, FromQueryResult,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, TransactionTrait,
 };
 
 impl Store {
@@ -115,6 +113,14 @@ impl Store {
         offset: u64,
         fetch: u64,
     ) -> Result<(Vec<Task>, u64)> {
+        if filter.tags.is_empty() && filter.is_answered_by_counters() {
+            if let Some(found) = self
+                .list_page_with_counted_total(scope, filter, after, offset, fetch)
+                .await?
+            {
+                return Ok(found);
+            }
+        }
         let txn = self.begin_snapshot().await?;
         let candidates = rare_tag_candidates(&txn, scope, filter).await?;
         let mut select = page_select(scope, filter, after);
@@ -144,6 +150,41 @@ impl Store {
         };
         txn.commit().await?;
         Ok((docs, total))
+    }
+
+    /// The page and its total from the counters in one statement (one snapshot, one round
+    /// trip, no transaction): the total rides on every row as a scalar subquery. `None` for an
+    /// empty page, which carries no total; the caller then reads both in a transaction.
+    async fn list_page_with_counted_total(
+        &self,
+        scope: Scope,
+        filter: &TaskFilter,
+        after: Option<&PageToken>,
+        offset: u64,
+        fetch: u64,
+    ) -> Result<Option<(Vec<Task>, u64)>> {
+        let total = total_select::<task_counts::Entity>(counter_condition(scope, filter));
+        let mut select = page_select(scope, filter, after).expr_as(
+            SimpleExpr::SubQuery(
+                None,
+                Box::new(total.into_query().into_sub_query_statement()),
+            ),
+            "page_total",
+        );
+        if offset > 0 {
+            select = select.offset(offset);
+        }
+        let statement = select.limit(fetch).build(self.read.get_database_backend());
+        let rows = self.read.query_all(statement).await?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let total: Option<i64> = first.try_get("", "page_total")?;
+        let docs = rows
+            .iter()
+            .map(|row| from_model(tasks::Model::from_query_result(row, "")?))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some((docs, total.unwrap_or(0).max(0).unsigned_abs())))
     }
 
     /// A read-only transaction on the read pool whose statements all see one snapshot:
@@ -325,14 +366,16 @@ async fn sum_counts<E: EntityTrait>(
     db: &impl ConnectionTrait,
     condition: Condition,
 ) -> Result<u64> {
-    let total: Option<Option<i64>> = E::find()
+    let total: Option<Option<i64>> = total_select::<E>(condition).into_tuple().one(db).await?;
+    Ok(total.flatten().unwrap_or(0).max(0).unsigned_abs())
+}
+
+/// `SELECT SUM(total)` over the counter rows matching `condition`.
+fn total_select<E: EntityTrait>(condition: Condition) -> sea_orm::Select<E> {
+    E::find()
         .select_only()
         .column_as(counter_sum(), "total")
         .filter(condition)
-        .into_tuple()
-        .one(db)
-        .await?;
-    Ok(total.flatten().unwrap_or(0).max(0).unsigned_abs())
 }
 
 /// The counter rows matching `filter`'s dimensions; both counter tables name them alike.
@@ -866,6 +909,14 @@ pub(super) fn from_json_text<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// A stored object column, passed on as its text (checked, not parsed into values).
+fn stored_object(text: String, column: &str) -> Result<JsonObject> {
+    JsonObject::from_stored(text).map_err(|err| {
+        tracing::error!(error = %err, column, "stored task column is not a JSON object");
+        Error::Internal
+    })
+}
+
 #[derive(serde::Serialize, serde::Deserialize)]
 struct StoredAudit {
     accepted: bool,
@@ -891,9 +942,9 @@ fn to_active_model(task: &Task) -> Result<tasks::ActiveModel> {
         task_type: Set(task.task_type.clone()),
         status: Set(task.status.as_str().to_owned()),
         instruction: Set(task.instruction.clone()),
-        params: Set(to_json_text(&task.params)?),
+        params: Set(task.params.as_str().to_owned()),
         callback_url: Set(task.callback_url.clone()),
-        metadata: Set(to_json_text(&task.metadata)?),
+        metadata: Set(task.metadata.as_str().to_owned()),
         unique_id: Set(task.unique_id.clone()),
         tags: Set(task.tags.as_ref().map(to_json_text).transpose()?),
         project: Set(task.project.clone()),
@@ -931,9 +982,9 @@ pub(super) fn from_model(row: tasks::Model) -> Result<Task> {
         task_type: row.task_type,
         status,
         instruction: row.instruction,
-        params: from_json_text::<Map<String, Value>>(&row.params, "params")?,
+        params: stored_object(row.params, "params")?,
         callback_url: row.callback_url,
-        metadata: from_json_text::<Map<String, Value>>(&row.metadata, "metadata")?,
+        metadata: stored_object(row.metadata, "metadata")?,
         unique_id: row.unique_id,
         tags: row
             .tags

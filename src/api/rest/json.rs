@@ -130,7 +130,7 @@ fn limited_task(task: &Task) -> Value {
     let mut doc = Map::new();
     doc.insert("task_id".into(), json!(task.id.as_str()));
     doc.insert("status".into(), json!(task.status.as_str()));
-    doc.insert("metadata".into(), Value::Object(task.metadata.clone()));
+    doc.insert("metadata".into(), Value::Object(task.metadata.to_map()));
     if let Some(project) = &task.project {
         doc.insert("project".into(), json!(project));
     }
