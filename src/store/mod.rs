@@ -6,6 +6,7 @@ mod batches;
 mod callbacks;
 mod changes;
 mod connect;
+mod counters;
 pub mod entities;
 mod error;
 mod idempotency;

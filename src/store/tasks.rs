@@ -1,8 +1,16 @@
 //! Task rows, their tag index and the counters behind list totals.
 
+use sea_orm::{
+    sea_query::{Alias, Expr, Func, OnConflict, Query, SimpleExpr},
+    ActiveValue::Set,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait, FromQueryResult,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, TransactionTrait,
+};
+
 use super::{
     batches::OnBatchCompleted,
     changes::{ChangeKind, TaskChange},
+    counters::{CounterDeltas, HOUR_MILLIS},
     entities::{task_counts, task_hour_counts, task_tag_counts, task_tags, tasks},
     is_unique_violation, Store,
 };
@@ -12,12 +20,6 @@ use crate::{
         TaskStatus, TimeRange, Timestamp,
     },
     error::{Error, Result},
-};
-use sea_orm::{
-    sea_query::{Alias, Expr, Func, OnConflict, Query, SimpleExpr},
-    ActiveValue::Set,
-    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait, FromQueryResult,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, TransactionTrait,
 };
 
 impl Store {
@@ -68,16 +70,9 @@ impl Store {
         if task.tags != before.tags {
             replace_tag_rows(&txn, &task).await?;
         }
-        if count_key(&task) != count_key(&before) {
-            adjust_count(&txn, &before, -1).await?;
-            adjust_count(&txn, &task, 1).await?;
-        }
-        if task.tags != before.tags || task.status != before.status {
-            let mut deltas = TagDeltas::new();
-            add_tag_deltas(&mut deltas, &before, -1);
-            add_tag_deltas(&mut deltas, &task, 1);
-            adjust_tag_counts(&txn, deltas).await?;
-        }
+        let mut counters = CounterDeltas::default();
+        counters.change(&before, &task);
+        counters.apply(&txn).await?;
         if let Some(callback) = &callback {
             super::callbacks::insert_delivery(&txn, callback).await?;
         }
@@ -420,7 +415,7 @@ pub enum BulkInserted {
 }
 
 /// Rows per multi-row INSERT: ~24 bound values per task stays far below SQLite's 32,766.
-const ROWS_PER_INSERT: usize = 512;
+pub(super) const ROWS_PER_INSERT: usize = 512;
 
 /// Splits `items` into chunks whose lengths are powers of two (largest first, at most `max`).
 /// Every distinct row count is a distinct prepared statement, cached per connection: with
@@ -548,36 +543,11 @@ pub(super) async fn insert_tasks_in(
             .exec_without_returning(txn)
             .await?;
     }
-    // One upsert per counter row, in key order.
-    let mut totals = std::collections::BTreeMap::new();
-    let mut hours = std::collections::BTreeMap::new();
+    let mut counters = CounterDeltas::default();
     for (task, _) in created() {
-        let (project, batch, task_type, status) = count_key(task);
-        let key = (
-            task.scope.account_id,
-            task.scope.is_test,
-            project,
-            batch,
-            task_type,
-            status.as_str(),
-        );
-        hours
-            .entry((created_hour(task.created_at), key.clone()))
-            .or_insert((task, 0_i64))
-            .1 += 1;
-        totals.entry(key).or_insert((task, 0_i64)).1 += 1;
+        counters.add(task, 1);
     }
-    for (task, delta) in totals.into_values() {
-        adjust_total(txn, task, delta).await?;
-    }
-    for (task, delta) in hours.into_values() {
-        adjust_hour(txn, task, delta).await?;
-    }
-    let mut tag_deltas = TagDeltas::new();
-    for (task, _) in created() {
-        add_tag_deltas(&mut tag_deltas, task, 1);
-    }
-    adjust_tag_counts(txn, tag_deltas).await?;
+    counters.apply(txn).await?;
     for (_, callback) in created() {
         if let Some(callback) = callback {
             super::callbacks::insert_delivery(txn, callback).await?;
@@ -746,150 +716,6 @@ async fn replace_tag_rows(txn: &impl ConnectionTrait, task: &Task) -> Result<()>
         .exec_without_returning(txn)
         .await?;
     Ok(())
-}
-
-/// The dimensions task counters are kept by (empty string: none).
-fn count_key(task: &Task) -> (String, String, String, TaskStatus) {
-    (
-        task.project.clone().unwrap_or_default(),
-        task.batch.clone().unwrap_or_default(),
-        task.task_type.clone(),
-        task.status,
-    )
-}
-
-/// Moves `task` in or out of its counters (`delta` tasks): the totals, and its creation hour's.
-async fn adjust_count(txn: &impl ConnectionTrait, task: &Task, delta: i64) -> Result<()> {
-    adjust_total(txn, task, delta).await?;
-    adjust_hour(txn, task, delta).await
-}
-
-async fn adjust_total(txn: &impl ConnectionTrait, task: &Task, delta: i64) -> Result<()> {
-    let (project, batch, task_type, status) = count_key(task);
-    let row = task_counts::ActiveModel {
-        account_id: Set(task.scope.account_id),
-        is_test: Set(task.scope.is_test),
-        project: Set(project),
-        batch: Set(batch),
-        task_type: Set(task_type),
-        status: Set(status.as_str().to_owned()),
-        total: Set(delta),
-    };
-    task_counts::Entity::insert(row)
-        .on_conflict(
-            OnConflict::columns([
-                task_counts::Column::AccountId,
-                task_counts::Column::IsTest,
-                task_counts::Column::Project,
-                task_counts::Column::Batch,
-                task_counts::Column::TaskType,
-                task_counts::Column::Status,
-            ])
-            .value(
-                task_counts::Column::Total,
-                Expr::col((task_counts::Entity, task_counts::Column::Total)).add(delta),
-            )
-            .to_owned(),
-        )
-        .exec_without_returning(txn)
-        .await?;
-    Ok(())
-}
-
-/// Per (account, world, tag, status): how many tasks a write adds (or, negative, removes).
-/// Ordered, so concurrent writers upsert the counter rows in one order and never deadlock.
-type TagDeltas = std::collections::BTreeMap<(i64, bool, String, &'static str), i64>;
-
-/// Counts `task` (`delta` times) under each of its tags, once per distinct tag.
-fn add_tag_deltas(deltas: &mut TagDeltas, task: &Task, delta: i64) {
-    let tags: std::collections::BTreeSet<&String> = task.tags.iter().flatten().collect();
-    for tag in tags {
-        *deltas
-            .entry((
-                task.scope.account_id,
-                task.scope.is_test,
-                tag.clone(),
-                task.status.as_str(),
-            ))
-            .or_default() += delta;
-    }
-}
-
-/// One multi-row upsert for all of a write's tag counters (a group commit touches a few).
-async fn adjust_tag_counts(txn: &impl ConnectionTrait, deltas: TagDeltas) -> Result<()> {
-    let rows: Vec<_> = deltas
-        .into_iter()
-        .filter(|(_, delta)| *delta != 0)
-        .map(
-            |((account_id, is_test, tag, status), delta)| task_tag_counts::ActiveModel {
-                account_id: Set(account_id),
-                is_test: Set(is_test),
-                tag: Set(tag),
-                status: Set(status.to_owned()),
-                total: Set(delta),
-            },
-        )
-        .collect();
-    for chunk in statement_sized_chunks(&rows, ROWS_PER_INSERT) {
-        task_tag_counts::Entity::insert_many(chunk.to_vec())
-            .on_conflict(
-                OnConflict::columns([
-                    task_tag_counts::Column::AccountId,
-                    task_tag_counts::Column::IsTest,
-                    task_tag_counts::Column::Tag,
-                    task_tag_counts::Column::Status,
-                ])
-                .value(
-                    task_tag_counts::Column::Total,
-                    Expr::col((task_tag_counts::Entity, task_tag_counts::Column::Total))
-                        .add(Expr::cust("excluded.total")),
-                )
-                .to_owned(),
-            )
-            .exec_without_returning(txn)
-            .await?;
-    }
-    Ok(())
-}
-
-async fn adjust_hour(txn: &impl ConnectionTrait, task: &Task, delta: i64) -> Result<()> {
-    let (project, batch, task_type, status) = count_key(task);
-    let row = task_hour_counts::ActiveModel {
-        account_id: Set(task.scope.account_id),
-        is_test: Set(task.scope.is_test),
-        created_hour: Set(created_hour(task.created_at)),
-        project: Set(project),
-        batch: Set(batch),
-        task_type: Set(task_type),
-        status: Set(status.as_str().to_owned()),
-        total: Set(delta),
-    };
-    task_hour_counts::Entity::insert(row)
-        .on_conflict(
-            OnConflict::columns([
-                task_hour_counts::Column::AccountId,
-                task_hour_counts::Column::IsTest,
-                task_hour_counts::Column::CreatedHour,
-                task_hour_counts::Column::Project,
-                task_hour_counts::Column::Batch,
-                task_hour_counts::Column::TaskType,
-                task_hour_counts::Column::Status,
-            ])
-            .value(
-                task_hour_counts::Column::Total,
-                Expr::col((task_hour_counts::Entity, task_hour_counts::Column::Total)).add(delta),
-            )
-            .to_owned(),
-        )
-        .exec_without_returning(txn)
-        .await?;
-    Ok(())
-}
-
-const HOUR_MILLIS: i64 = 3_600_000;
-
-fn created_hour(at: Timestamp) -> i64 {
-    at.millis().div_euclid(HOUR_MILLIS)
 }
 
 pub(super) fn to_json_text<T: serde::Serialize>(value: &T) -> Result<String> {
