@@ -99,7 +99,7 @@ impl Store {
 
     /// One page in list order, starting after `after`, or `offset` rows in (legacy paging,
     /// whose cost grows with the offset), and the exact number of matching tasks: both read
-    /// in one transaction, so the total never contradicts the page under concurrent writes.
+    /// from one snapshot, so the total never contradicts the page under concurrent writes.
     pub async fn list_page(
         &self,
         scope: Scope,
