@@ -57,7 +57,10 @@ pub fn prometheus() -> Option<&'static PrometheusHandle> {
                 )
                 .and_then(PrometheusBuilder::install_recorder);
             match installed {
-                Ok(handle) => Some(handle),
+                Ok(handle) => {
+                    spawn_upkeep(handle.clone());
+                    Some(handle)
+                }
                 Err(err) => {
                     tracing::warn!(error = %err, "metrics recorder not installed");
                     None
@@ -65,6 +68,24 @@ pub fn prometheus() -> Option<&'static PrometheusHandle> {
             }
         })
         .as_ref()
+}
+
+/// How often histogram samples are folded into their buckets.
+const METRICS_UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The recorder buffers every histogram sample until it is folded into the buckets, which
+/// only a scrape or an upkeep does: with nobody scraping `/metrics`, the buffer grew by every
+/// request's samples (≈ 7 MiB a minute at 5,000 requests/s in a soak).
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".to_owned())
+        .spawn(move || loop {
+            std::thread::sleep(METRICS_UPKEEP_EVERY);
+            handle.run_upkeep();
+        });
+    if let Err(err) = spawned {
+        tracing::warn!(error = %err, "metrics upkeep thread not started");
+    }
 }
 
 /// Drops a client's `x-request-id` that is not one printable ASCII word of at most
