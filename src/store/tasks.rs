@@ -108,7 +108,7 @@ impl Store {
         offset: u64,
         fetch: u64,
     ) -> Result<(Vec<Task>, u64)> {
-        if filter.tags.is_empty() && filter.is_answered_by_counters() {
+        if filter.is_answered_by_counters() {
             if let Some(found) = self
                 .list_page_with_counted_total(scope, filter, after, offset, fetch)
                 .await?
@@ -179,7 +179,7 @@ impl Store {
             .iter()
             .map(|row| from_model(tasks::Model::from_query_result(row, "")?))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Some((docs, total.unwrap_or(0).max(0).unsigned_abs())))
+        Ok(Some((docs, count_of(total))))
     }
 
     /// A read-only transaction on the read pool whose statements all see one snapshot:
@@ -253,10 +253,7 @@ async fn count_tasks(db: &impl ConnectionTrait, scope: Scope, filter: &TaskFilte
         ..filter.clone()
     };
     if let Some(tag) = filter.tag_counter() {
-        let mut condition = Condition::all()
-            .add(task_tag_counts::Column::AccountId.eq(scope.account_id))
-            .add(task_tag_counts::Column::IsTest.eq(scope.is_test))
-            .add(task_tag_counts::Column::Tag.eq(tag));
+        let mut condition = tag_counter_condition(scope, tag);
         if let Some(status) = filter.status {
             condition = condition.add(task_tag_counts::Column::Status.eq(status.as_str()));
         }
@@ -321,14 +318,8 @@ async fn rare_tag_candidates(
     };
     let mut rarest: Option<(u64, &str)> = None;
     for tag in &filter.tags {
-        let rows = sum_counts::<task_tag_counts::Entity>(
-            db,
-            Condition::all()
-                .add(task_tag_counts::Column::AccountId.eq(scope.account_id))
-                .add(task_tag_counts::Column::IsTest.eq(scope.is_test))
-                .add(task_tag_counts::Column::Tag.eq(tag.as_str())),
-        )
-        .await?;
+        let rows =
+            sum_counts::<task_tag_counts::Entity>(db, tag_counter_condition(scope, tag)).await?;
         if rarest.is_none_or(|(fewest, _)| rows < fewest) {
             rarest = Some((rows, tag));
         }
@@ -362,7 +353,20 @@ async fn sum_counts<E: EntityTrait>(
     condition: Condition,
 ) -> Result<u64> {
     let total: Option<Option<i64>> = total_select::<E>(condition).into_tuple().one(db).await?;
-    Ok(total.flatten().unwrap_or(0).max(0).unsigned_abs())
+    Ok(count_of(total.flatten()))
+}
+
+/// A counter sum as a count: no rows sum to NULL, and a sum cannot honestly be negative.
+fn count_of(sum: Option<i64>) -> u64 {
+    sum.unwrap_or(0).max(0).unsigned_abs()
+}
+
+/// The counter rows of one tag in one account's world (every status).
+fn tag_counter_condition(scope: Scope, tag: &str) -> Condition {
+    Condition::all()
+        .add(task_tag_counts::Column::AccountId.eq(scope.account_id))
+        .add(task_tag_counts::Column::IsTest.eq(scope.is_test))
+        .add(task_tag_counts::Column::Tag.eq(tag))
 }
 
 /// `SELECT SUM(total)` over the counter rows matching `condition`.

@@ -1,14 +1,10 @@
 //! Conversions between the domain and protobuf messages.
 
 use prost_types::{value::Kind, ListValue, Struct};
-use serde::{
-    de::{self, MapAccess, SeqAccess, Visitor},
-    Deserialize, Deserializer,
-};
 use serde_json::{Map, Number, Value};
 
 use crate::{
-    domain::{Batch, BatchCounts, BatchStatus, JsonObject, Project, Task, TaskStatus, Timestamp},
+    domain::{Batch, BatchCounts, BatchStatus, Project, Task, TaskStatus, Timestamp},
     error::Error,
     proto,
     service::{BatchPage, TaskPage},
@@ -35,95 +31,6 @@ fn json_to_value(value: &Value) -> prost_types::Value {
         Value::Object(map) => Kind::StructValue(json_to_struct(map)),
     };
     prost_types::Value { kind: Some(kind) }
-}
-
-/// A stored JSON object straight into a `Struct`: the text is read once into protobuf values,
-/// with no `serde_json::Value` tree in between (list pages convert a hundred tasks).
-pub fn object_to_struct(object: &JsonObject) -> Struct {
-    serde_json::from_str::<StructSeed>(object.as_str())
-        .map(|found| found.0)
-        .unwrap_or_else(|err| {
-            tracing::error!(error = %err, "a checked JSON object failed to convert");
-            Struct::default()
-        })
-}
-
-struct StructSeed(Struct);
-
-impl<'de> Deserialize<'de> for StructSeed {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        match deserializer.deserialize_any(ValueVisitor)?.kind {
-            Some(Kind::StructValue(fields)) => Ok(Self(fields)),
-            _ => Err(de::Error::custom("not a JSON object")),
-        }
-    }
-}
-
-struct ProtoValue(prost_types::Value);
-
-impl<'de> Deserialize<'de> for ProtoValue {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(ValueVisitor).map(Self)
-    }
-}
-
-/// Builds the same values as [`json_to_value`] does from a parsed `Value`.
-struct ValueVisitor;
-
-fn proto_value(kind: Kind) -> prost_types::Value {
-    prost_types::Value { kind: Some(kind) }
-}
-
-impl<'de> Visitor<'de> for ValueVisitor {
-    type Value = prost_types::Value;
-
-    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
-        formatter.write_str("any JSON value")
-    }
-
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(proto_value(Kind::NullValue(0)))
-    }
-
-    fn visit_bool<E>(self, flag: bool) -> Result<Self::Value, E> {
-        Ok(proto_value(Kind::BoolValue(flag)))
-    }
-
-    fn visit_i64<E>(self, number: i64) -> Result<Self::Value, E> {
-        Ok(proto_value(Kind::NumberValue(number as f64)))
-    }
-
-    fn visit_u64<E>(self, number: u64) -> Result<Self::Value, E> {
-        Ok(proto_value(Kind::NumberValue(number as f64)))
-    }
-
-    fn visit_f64<E>(self, number: f64) -> Result<Self::Value, E> {
-        Ok(proto_value(Kind::NumberValue(number)))
-    }
-
-    fn visit_str<E>(self, text: &str) -> Result<Self::Value, E> {
-        Ok(proto_value(Kind::StringValue(text.to_owned())))
-    }
-
-    fn visit_string<E>(self, text: String) -> Result<Self::Value, E> {
-        Ok(proto_value(Kind::StringValue(text)))
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<Self::Value, A::Error> {
-        let mut values = Vec::with_capacity(items.size_hint().unwrap_or(0));
-        while let Some(ProtoValue(value)) = items.next_element()? {
-            values.push(value);
-        }
-        Ok(proto_value(Kind::ListValue(ListValue { values })))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut entries: A) -> Result<Self::Value, A::Error> {
-        let mut fields = std::collections::BTreeMap::new();
-        while let Some((key, ProtoValue(value))) = entries.next_entry::<String, ProtoValue>()? {
-            fields.insert(key, value);
-        }
-        Ok(proto_value(Kind::StructValue(Struct { fields })))
-    }
 }
 
 pub fn struct_to_json(value: Struct) -> Map<String, Value> {
@@ -221,9 +128,9 @@ pub fn task(task: Task) -> proto::Task {
         r#type: task.task_type,
         status: status(task.status).into(),
         instruction: task.instruction,
-        params: Some(object_to_struct(&task.params)),
+        params: Some(json_to_struct(&task.params.to_map())),
         callback_url: task.callback_url,
-        metadata: Some(object_to_struct(&task.metadata)),
+        metadata: Some(json_to_struct(&task.metadata.to_map())),
         unique_id: task.unique_id,
         tags: task.tags.unwrap_or_default(),
         project: task.project,
@@ -253,7 +160,7 @@ fn limited_task(task: Task) -> proto::Task {
     proto::Task {
         task_id: task.id.into_string(),
         status: status(task.status).into(),
-        metadata: Some(object_to_struct(&task.metadata)),
+        metadata: Some(json_to_struct(&task.metadata.to_map())),
         project: task.project,
         ..Default::default()
     }
@@ -358,15 +265,5 @@ mod tests {
         let map = original.as_object().unwrap();
         let back = struct_to_json(json_to_struct(map));
         assert_eq!(Value::Object(back), original);
-    }
-
-    #[test]
-    fn stored_text_converts_like_the_parsed_map() {
-        let original = json!({
-            "a": 3, "big": 18446744073709551615u64, "neg": -9, "b": 1.5e-7,
-            "c": [true, null, "x\n\u{e9}", [], {}], "d": {"e": {"f": [{"g": false}]}}
-        });
-        let map = original.as_object().unwrap();
-        assert_eq!(object_to_struct(&JsonObject::new(map)), json_to_struct(map));
     }
 }
