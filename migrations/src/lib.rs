@@ -9,6 +9,7 @@ mod m20261130_000004_projects_batches;
 mod m20261130_000005_api_key_prefix;
 mod m20261130_000006_task_hour_counts;
 mod m20261130_000007_task_tag_counts;
+mod m20261130_000008_task_change_log;
 
 pub struct Migrator;
 
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000005_api_key_prefix::Migration),
             Box::new(m20261130_000006_task_hour_counts::Migration),
             Box::new(m20261130_000007_task_tag_counts::Migration),
+            Box::new(m20261130_000008_task_change_log::Migration),
         ]
     }
 }

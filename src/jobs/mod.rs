@@ -2,6 +2,7 @@
 //! signal and awaits on the way out, so no job outlives the pool it uses.
 
 mod callbacks;
+mod change_log_pruner;
 mod gauges;
 mod idempotency_sweeper;
 
@@ -60,6 +61,10 @@ impl Jobs {
         jobs.spawn(
             "queue gauges",
             gauges::run(service.clone(), config.gauge_interval, jobs.shutdown()),
+        );
+        jobs.spawn(
+            "change log pruner",
+            change_log_pruner::run(service.clone(), jobs.shutdown()),
         );
         if config.callbacks.deliver {
             jobs.spawn(

@@ -1,6 +1,6 @@
 //! Live updates (SPEC §13): one feed per process fans every committed task change out to its
-//! watchers. The feed hears the store's change notices (one listening connection on
-//! PostgreSQL, whatever the number of watchers), reads the changed tasks once per notice, and
+//! watchers. The feed hears the store's change notices (on PostgreSQL, one reader of the
+//! change log per process, whatever the number of watchers), reads the changed tasks once per notice, and
 //! broadcasts them over a bounded channel; each watcher keeps only its own account's world and
 //! the tasks its filters match. A watcher that falls more than the buffer behind is ended, so a
 //! slow client never grows the server's memory.
@@ -205,6 +205,11 @@ impl Service {
             filter,
             receiver,
         })
+    }
+
+    /// Deletes change-log rows past their retention (PostgreSQL; nothing on SQLite).
+    pub async fn prune_change_log(&self) -> Result<u64> {
+        self.store.prune_change_log().await
     }
 
     /// Ends every watch (at shutdown): otherwise they would hold the server open.

@@ -1,16 +1,22 @@
 //! The task change feed's source (SPEC §13): every transaction that creates or changes tasks
 //! commits through [`Store::commit_with_changes`], which records what changed for the watchers.
-//! On PostgreSQL that is `pg_notify` inside the transaction (delivered at commit, in commit
-//! order, to every replica's listener, and only if the transaction commits); on SQLite (one
+//!
+//! On PostgreSQL that is one row in `task_change_log`, written as the transaction's last
+//! statement, so it is visible exactly when the transaction commits; each replica's feed reads
+//! the rows that became visible since its last read ([`ChangeLogReader`]). On SQLite (one
 //! process) it is an in-process publish right after the commit, in commit order.
 
-use std::sync::Arc;
+use std::{
+    collections::{HashSet, VecDeque},
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use sea_orm::{
-    sqlx::postgres::PgListener, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend,
-    EntityTrait, QueryFilter, Statement,
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, QueryFilter,
+    Statement,
 };
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, Notify};
 
 use super::{entities::tasks, tasks::from_model, Store};
 use crate::{
@@ -18,14 +24,25 @@ use crate::{
     error::{Error, Result},
 };
 
-/// The PostgreSQL notification channel every replica listens on.
-const CHANNEL: &str = "annotask_task_changes";
-/// PostgreSQL refuses payloads of 8000 bytes or more; a task id and its kind are ~26 bytes.
-const MAX_PAYLOAD_BYTES: usize = 7_000;
 /// Commits waiting for the SQLite feed to read them; past this it has fallen behind.
 const LOCAL_QUEUE: usize = 1024;
 /// Task ids per look-up (far below SQLite's bound-value limit).
 const IDS_PER_QUERY: usize = 500;
+/// How often a replica's feed reads the change log when nothing in its own process woke it:
+/// the most a change committed on another replica waits before its watchers hear of it.
+const LOG_READ_EVERY: Duration = Duration::from_millis(100);
+/// The least time between two reads, so a busy replica reads once per batch of commits
+/// instead of once per commit.
+const LOG_READ_GAP: Duration = Duration::from_millis(5);
+/// Rows older than this are deleted by [`Store::prune_change_log`].
+pub const CHANGE_LOG_RETENTION: Duration = Duration::from_secs(120);
+/// A feed that could not read the log for this long may have lost rows to pruning: it tells
+/// its watchers changes were missed. Well inside the retention, whatever the clocks.
+const LOG_READ_MAX_GAP: Duration = Duration::from_secs(60);
+/// Transactions above the horizon a feed remembers having read. The horizon only stays behind
+/// while one writing transaction stays open; past this many commits meanwhile the feed starts
+/// afresh (and says so) rather than grow.
+const MAX_TRACKED_AFTER_HORIZON: usize = 100_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChangeKind {
@@ -81,8 +98,8 @@ pub struct TaskChange {
 pub enum ChangeNotice {
     /// Changes of one commit (or a part of one), in commit order.
     Changes(Vec<TaskChange>),
-    /// Changes may have been lost (the listening connection dropped, or the feed fell
-    /// behind): nobody can tell which.
+    /// Changes may have been lost (the feed fell behind, or could not read the log for
+    /// longer than its rows are kept): nobody can tell which.
     Missed,
 }
 
@@ -106,7 +123,7 @@ impl LocalChanges {
 /// A per-process subscription to every committed task change.
 pub enum ChangeSubscription {
     Local(broadcast::Receiver<Arc<Vec<TaskChange>>>),
-    Postgres(Box<PgListener>),
+    Postgres(Box<ChangeLogReader>),
 }
 
 impl ChangeSubscription {
@@ -118,23 +135,133 @@ impl ChangeSubscription {
                 Err(broadcast::error::RecvError::Lagged(_)) => Ok(ChangeNotice::Missed),
                 Err(broadcast::error::RecvError::Closed) => Err(Error::Unavailable),
             },
-            // `try_recv` answers `None` once when the connection dropped; the next call
-            // reconnects and listens again, but what was notified meanwhile is gone.
-            ChangeSubscription::Postgres(listener) => match listener.try_recv().await {
-                Ok(Some(notification)) => {
-                    Ok(ChangeNotice::Changes(parse_payload(notification.payload())))
-                }
-                Ok(None) => {
-                    tracing::warn!("the task change listener lost its connection");
-                    Ok(ChangeNotice::Missed)
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "the task change listener stopped");
-                    Err(Error::Unavailable)
-                }
-            },
+            ChangeSubscription::Postgres(reader) => Ok(reader.next().await),
         }
     }
+}
+
+/// Reads PostgreSQL's change log: every committed row once, and a task's rows in commit order.
+///
+/// Transaction ids are handed out when a transaction first writes, not when it commits, so
+/// "every id above the last one read" would skip a transaction that took its id early and
+/// committed late. The reader instead keeps the snapshot's horizon (every transaction below it
+/// had ended when the snapshot was taken) and the ids at or above it whose rows it has read; a
+/// read takes every visible row of a transaction at or above the old horizon that it has not
+/// read. If a later change of a task is visible, the earlier one (committed before the later
+/// was written) is too, and its `seq` is lower: sorting a read by `seq` keeps a task's order.
+pub struct ChangeLogReader {
+    store: Store,
+    horizon: i64,
+    read_above_horizon: HashSet<i64>,
+    ready: VecDeque<Vec<TaskChange>>,
+    last_read: Instant,
+    /// The reader's own replica commits here: its watchers hear of it without waiting a tick.
+    local_commit: Arc<Notify>,
+}
+
+impl ChangeLogReader {
+    async fn start(store: Store) -> Result<Self> {
+        let local_commit = store.change_log_written.clone();
+        let mut reader = ChangeLogReader {
+            store,
+            horizon: 0,
+            read_above_horizon: HashSet::new(),
+            ready: VecDeque::new(),
+            last_read: Instant::now(),
+            local_commit,
+        };
+        reader.restart().await?;
+        Ok(reader)
+    }
+
+    /// Forgets everything read and starts after the rows visible now.
+    async fn restart(&mut self) -> Result<()> {
+        let rows = self
+            .store
+            .db
+            .query_all(Statement::from_string(
+                DbBackend::Postgres,
+                "WITH snapshot AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon) \
+                 SELECT snapshot.horizon, log.xid FROM snapshot \
+                 LEFT JOIN task_change_log AS log ON log.xid >= snapshot.horizon",
+            ))
+            .await?;
+        self.horizon = horizon_of(&rows)?;
+        self.read_above_horizon.clear();
+        for row in &rows {
+            if let Some(xid) = row.try_get::<Option<i64>>("", "xid")? {
+                self.read_above_horizon.insert(xid);
+            }
+        }
+        self.ready.clear();
+        self.last_read = Instant::now();
+        Ok(())
+    }
+
+    /// The next commit's changes, or `Missed` if rows may have been lost.
+    async fn next(&mut self) -> ChangeNotice {
+        loop {
+            if let Some(changes) = self.ready.pop_front() {
+                return ChangeNotice::Changes(changes);
+            }
+            tokio::select! {
+                () = self.local_commit.notified() => {}
+                () = tokio::time::sleep(LOG_READ_EVERY) => {}
+            }
+            tokio::time::sleep_until((self.last_read + LOG_READ_GAP).into()).await;
+            if let Err(err) = self.read_new_rows().await {
+                // The rows stay in the log: the next read that succeeds picks them up.
+                tracing::warn!(error = %err, "reading the task change log failed");
+                tokio::time::sleep(LOG_READ_EVERY).await;
+                continue;
+            }
+            if self.last_read.elapsed() > LOG_READ_MAX_GAP
+                || self.read_above_horizon.len() > MAX_TRACKED_AFTER_HORIZON
+            {
+                tracing::warn!("the task change feed fell behind its log; starting afresh");
+                let restarted = self.restart().await;
+                if let Err(err) = restarted {
+                    tracing::warn!(error = %err, "restarting the task change feed failed");
+                }
+                return ChangeNotice::Missed;
+            }
+            self.last_read = Instant::now();
+        }
+    }
+
+    async fn read_new_rows(&mut self) -> Result<()> {
+        let rows = self
+            .store
+            .db
+            .query_all(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "WITH snapshot AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon) \
+                 SELECT snapshot.horizon, log.xid, log.changes FROM snapshot \
+                 LEFT JOIN task_change_log AS log ON log.xid >= $1 ORDER BY log.seq",
+                [self.horizon.into()],
+            ))
+            .await?;
+        let horizon = horizon_of(&rows)?;
+        let mut logged = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if let Some(xid) = row.try_get::<Option<i64>>("", "xid")? {
+                logged.push((xid, row.try_get::<String>("", "changes")?));
+            }
+        }
+        for (xid, changes) in logged {
+            if self.read_above_horizon.insert(xid) {
+                self.ready.push_back(parse_changes(&changes));
+            }
+        }
+        self.horizon = horizon;
+        self.read_above_horizon.retain(|xid| *xid >= horizon);
+        Ok(())
+    }
+}
+
+fn horizon_of(rows: &[sea_orm::QueryResult]) -> Result<i64> {
+    let row = rows.first().ok_or(Error::Unavailable)?;
+    Ok(row.try_get("", "horizon")?)
 }
 
 impl Store {
@@ -150,15 +277,16 @@ impl Store {
             return Ok(());
         }
         if self.is_postgres() {
-            for payload in payloads(&changes) {
-                txn.execute(Statement::from_sql_and_values(
-                    DbBackend::Postgres,
-                    "SELECT pg_notify($1, $2)",
-                    [CHANNEL.into(), payload.into()],
-                ))
-                .await?;
-            }
+            // The last statement: the task rows it covers are locked by now (see the reader).
+            txn.execute(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "INSERT INTO task_change_log (xid, changes) \
+                 VALUES (pg_current_xact_id()::text::bigint, $1)",
+                [encode_changes(&changes).into()],
+            ))
+            .await?;
             txn.commit().await?;
+            self.change_log_written.notify_one();
             return Ok(());
         }
         // SQLite has one writer connection, held by `txn` until the commit returns: taking the
@@ -178,17 +306,28 @@ impl Store {
                 self.local_changes.sender.subscribe(),
             ));
         }
-        let pool = self.db.get_postgres_connection_pool();
-        let listen = async {
-            let mut listener = PgListener::connect_with(pool).await?;
-            listener.listen(CHANNEL).await?;
-            Ok::<_, sea_orm::sqlx::Error>(listener)
-        };
-        let listener = listen.await.map_err(|err| {
-            tracing::warn!(error = %err, "cannot listen for task changes");
-            Error::Unavailable
-        })?;
-        Ok(ChangeSubscription::Postgres(Box::new(listener)))
+        let reader = ChangeLogReader::start(self.clone())
+            .await
+            .inspect_err(|err| tracing::warn!(error = %err, "cannot read the task change log"))?;
+        Ok(ChangeSubscription::Postgres(Box::new(reader)))
+    }
+
+    /// Deletes change-log rows older than [`CHANGE_LOG_RETENTION`] (every replica's feed has
+    /// read them long before); nothing to do on SQLite.
+    pub async fn prune_change_log(&self) -> Result<u64> {
+        if !self.is_postgres() {
+            return Ok(0);
+        }
+        let deleted = self
+            .db
+            .execute(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "DELETE FROM task_change_log \
+                 WHERE logged_at < clock_timestamp() - make_interval(secs => $1)",
+                [(CHANGE_LOG_RETENTION.as_secs_f64()).into()],
+            ))
+            .await?;
+        Ok(deleted.rows_affected())
     }
 
     /// The tasks with these ids as they are now, in any order (missing ones left out).
@@ -207,29 +346,21 @@ impl Store {
     }
 }
 
-/// `changes` as notification payloads (`c<id>,u<id>,...`), each under PostgreSQL's limit.
-fn payloads(changes: &[TaskChange]) -> Vec<String> {
-    let mut payloads = Vec::new();
-    let mut payload = String::new();
+/// `changes` as one log row's text: `c<id>,u<id>,...` in order.
+fn encode_changes(changes: &[TaskChange]) -> String {
+    let mut text = String::with_capacity(changes.len() * 26);
     for change in changes {
-        if !payload.is_empty() && payload.len() + change.task_id.len() + 2 > MAX_PAYLOAD_BYTES {
-            payloads.push(std::mem::take(&mut payload));
+        if !text.is_empty() {
+            text.push(',');
         }
-        if !payload.is_empty() {
-            payload.push(',');
-        }
-        payload.push(change.kind.code());
-        payload.push_str(&change.task_id);
+        text.push(change.kind.code());
+        text.push_str(&change.task_id);
     }
-    if !payload.is_empty() {
-        payloads.push(payload);
-    }
-    payloads
+    text
 }
 
-fn parse_payload(payload: &str) -> Vec<TaskChange> {
-    payload
-        .split(',')
+fn parse_changes(text: &str) -> Vec<TaskChange> {
+    text.split(',')
         .filter_map(|item| {
             let mut chars = item.chars();
             let kind = ChangeKind::from_code(chars.next()?)?;
@@ -246,7 +377,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn payloads_stay_under_the_limit_and_round_trip() {
+    fn changes_round_trip_through_their_text() {
         let changes: Vec<TaskChange> = (0..1000)
             .map(|n| TaskChange {
                 task_id: format!("{n:024}"),
@@ -257,10 +388,7 @@ mod tests {
                 },
             })
             .collect();
-        let payloads = payloads(&changes);
-        assert!(payloads.len() > 1);
-        assert!(payloads.iter().all(|p| p.len() <= MAX_PAYLOAD_BYTES));
-        let parsed: Vec<TaskChange> = payloads.iter().flat_map(|p| parse_payload(p)).collect();
-        assert_eq!(parsed, changes);
+        assert_eq!(parse_changes(&encode_changes(&changes)), changes);
+        assert!(parse_changes(&encode_changes(&[])).is_empty());
     }
 }

@@ -16,7 +16,7 @@ mod work;
 
 pub use batches::OnBatchCompleted;
 pub use callbacks::AttemptRecord;
-pub use changes::{ChangeKind, ChangeNotice, ChangeSubscription, TaskChange};
+pub use changes::{ChangeKind, ChangeNotice, ChangeSubscription, TaskChange, CHANGE_LOG_RETENTION};
 pub use connect::ConnectError;
 use error::is_unique_violation;
 pub use tasks::BulkInserted;
@@ -47,8 +47,10 @@ pub struct Store {
     read: DatabaseConnection,
     /// Whether `read` is a pool of its own (to close), or `db` again.
     separate_readers: bool,
-    /// SQLite's task change feed (PostgreSQL's is `NOTIFY`).
+    /// SQLite's task change feed (PostgreSQL's is the `task_change_log` table).
     local_changes: changes::LocalChanges,
+    /// Signalled after this process commits a change-log row, to wake its feed's reader.
+    change_log_written: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// How one connection pool is used at a moment, for `/metrics`.
@@ -135,6 +137,7 @@ impl Store {
             read,
             separate_readers,
             local_changes: changes::LocalChanges::new(),
+            change_log_written: Default::default(),
         })
     }
 

@@ -444,3 +444,91 @@ async fn a_watch_outlives_the_request_timeout() {
     let task_id = create_as(&app, &key, json!({})).await;
     assert_eq!(next_events(&mut stream, 1).await, vec![(task_id, Created)]);
 }
+
+/// A statement on the test's own database, outside the server (PostgreSQL tests only).
+async fn execute(db: &impl sea_orm::ConnectionTrait, sql: &str) -> Vec<sea_orm::QueryResult> {
+    db.query_all(sea_orm::Statement::from_string(
+        sea_orm::DbBackend::Postgres,
+        sql.to_owned(),
+    ))
+    .await
+    .unwrap_or_else(|err| panic!("{sql}: {err}"))
+}
+
+/// PostgreSQL hands out transaction ids when a transaction first writes, not when it commits.
+/// A transaction that took its id before others and commits after them must still be heard,
+/// while it is open the others must be heard at once, and nothing may be heard twice. The late
+/// transaction writes its change-log row by hand, as `Store::commit_with_changes` would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_that_took_its_id_early_and_committed_late_is_heard_once() {
+    use sea_orm::TransactionTrait;
+    let Some(app) = TestApp::spawn(Backend::Postgres).await else {
+        return;
+    };
+    let mut stream = watch(&app, &app.api_key, WatchTasksRequest::default()).await;
+    let key = app.api_key.clone();
+    let db = sea_orm::Database::connect(&app.database_url)
+        .await
+        .expect("connect");
+    let late = db.begin().await.expect("begin");
+    execute(&late, "SELECT pg_current_xact_id()").await;
+
+    let first = create_as(&app, &key, json!({})).await;
+    assert_eq!(
+        next_events(&mut stream, 1).await,
+        [(first.clone(), Created)],
+        "a commit is heard while an older transaction is still open"
+    );
+    execute(
+        &late,
+        &format!(
+            "INSERT INTO task_change_log (xid, changes) \
+             VALUES (pg_current_xact_id()::text::bigint, 'u{first}')"
+        ),
+    )
+    .await;
+    late.commit().await.expect("commit");
+    assert_eq!(next_events(&mut stream, 1).await, [(first, Updated)]);
+
+    let second = create_as(&app, &key, json!({})).await;
+    assert_eq!(
+        next_events(&mut stream, 1).await,
+        [(second, Created)],
+        "nothing already heard is heard again"
+    );
+    let _ = db.close().await;
+}
+
+/// The pruner keeps the change log to its last minutes: it deletes rows past the retention
+/// and only those.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_change_log_rows_are_pruned() {
+    let Some(app) = TestApp::spawn(Backend::Postgres).await else {
+        return;
+    };
+    let task_id = create_as(&app, &app.api_key.clone(), json!({})).await;
+    let db = sea_orm::Database::connect(&app.database_url)
+        .await
+        .expect("connect");
+    execute(
+        &db,
+        &format!(
+            "INSERT INTO task_change_log (xid, changes, logged_at) \
+             VALUES (1, 'u{task_id}', now() - interval '1 hour')"
+        ),
+    )
+    .await;
+    let logged = |rows: Vec<sea_orm::QueryResult>| -> Vec<String> {
+        rows.iter()
+            .map(|row| row.try_get::<String>("", "changes").expect("changes"))
+            .collect()
+    };
+    let before = logged(execute(&db, "SELECT changes FROM task_change_log ORDER BY seq").await);
+    assert_eq!(before, [format!("c{task_id}"), format!("u{task_id}")]);
+
+    let pruned = app.service.prune_change_log().await.expect("prune");
+    assert_eq!(pruned, 1);
+    let after = logged(execute(&db, "SELECT changes FROM task_change_log ORDER BY seq").await);
+    assert_eq!(after, [format!("c{task_id}")]);
+    let _ = db.close().await;
+}
