@@ -41,12 +41,20 @@ pub(super) async fn insert_delivery(
     db: &impl ConnectionTrait,
     delivery: &NewDelivery,
 ) -> Result<()> {
+    callback_deliveries::Entity::insert(delivery_row(delivery)?)
+        .exec_without_returning(db)
+        .await?;
+    Ok(())
+}
+
+/// The stored row of a new delivery: pending, first attempt due at `first_attempt_at`.
+pub(super) fn delivery_row(delivery: &NewDelivery) -> Result<callback_deliveries::ActiveModel> {
     let now = Timestamp::now().millis();
     let payload = serde_json::to_string(&delivery.subject).map_err(|err| {
         tracing::error!(error = %err, "serialising a callback payload failed");
         Error::Internal
     })?;
-    let row = callback_deliveries::ActiveModel {
+    Ok(callback_deliveries::ActiveModel {
         webhook_id: Set(delivery.webhook_id.clone()),
         account_id: Set(delivery.subject.scope().account_id),
         is_test: Set(delivery.subject.scope().is_test),
@@ -65,11 +73,7 @@ pub(super) async fn insert_delivery(
         created_at: Set(now),
         updated_at: Set(now),
         ..Default::default()
-    };
-    callback_deliveries::Entity::insert(row)
-        .exec_without_returning(db)
-        .await?;
-    Ok(())
+    })
 }
 
 impl Store {

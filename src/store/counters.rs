@@ -63,6 +63,23 @@ struct TagKey {
     status: &'static str,
 }
 
+/// The counter rows `task` counts in: its total, its creation hour's, one per distinct tag.
+fn counter_keys(task: &Task) -> (CountKey, (i64, CountKey), Vec<TagKey>) {
+    let total = CountKey::of(task);
+    let hour = (created_hour(task.created_at), total.clone());
+    let distinct: std::collections::BTreeSet<&String> = task.tags.iter().flatten().collect();
+    let tags = distinct
+        .into_iter()
+        .map(|tag| TagKey {
+            account_id: task.scope.account_id,
+            is_test: task.scope.is_test,
+            tag: tag.clone(),
+            status: task.status.as_str(),
+        })
+        .collect();
+    (total, hour, tags)
+}
+
 /// How many tasks a write adds to (or, negative, removes from) each counter row. Ordered
 /// maps, so concurrent writers lock counter rows in one order and never deadlock.
 #[derive(Debug, Default)]
@@ -75,23 +92,11 @@ pub(super) struct CounterDeltas {
 impl CounterDeltas {
     /// Counts `task` `delta` times: its totals, its creation hour's, and once per distinct tag.
     pub(super) fn add(&mut self, task: &Task, delta: i64) {
-        let key = CountKey::of(task);
-        *self
-            .hours
-            .entry((created_hour(task.created_at), key.clone()))
-            .or_default() += delta;
-        *self.totals.entry(key).or_default() += delta;
-        let tags: std::collections::BTreeSet<&String> = task.tags.iter().flatten().collect();
+        let (total, hour, tags) = counter_keys(task);
+        *self.hours.entry(hour).or_default() += delta;
+        *self.totals.entry(total).or_default() += delta;
         for tag in tags {
-            *self
-                .tags
-                .entry(TagKey {
-                    account_id: task.scope.account_id,
-                    is_test: task.scope.is_test,
-                    tag: tag.clone(),
-                    status: task.status.as_str(),
-                })
-                .or_default() += delta;
+            *self.tags.entry(tag).or_default() += delta;
         }
     }
 
@@ -159,7 +164,7 @@ impl CounterDeltas {
             .collect();
         txn.execute(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            UPSERT_ALL_COUNTERS,
+            UPSERT_ALL_COUNTERS.as_str(),
             [
                 to_json_text(&totals)?.into(),
                 to_json_text(&hours)?.into(),
@@ -246,33 +251,165 @@ where
     Ok(())
 }
 
-/// The rows of each CTE come in key order (the maps' order), so row locks are taken in one
-/// order by every writer.
-const UPSERT_ALL_COUNTERS: &str = "\
-WITH totals AS (
-  INSERT INTO task_counts (account_id, is_test, project, batch, task_type, status, total)
-  SELECT account_id, is_test, project, batch, task_type, status, total
-  FROM json_to_recordset($1::json) AS r(account_id bigint, is_test boolean, project text,
-    batch text, task_type text, status text, total bigint)
-  ON CONFLICT (account_id, is_test, project, batch, task_type, status)
-  DO UPDATE SET total = task_counts.total + excluded.total
-  RETURNING 1
-), hours AS (
-  INSERT INTO task_hour_counts
-    (account_id, is_test, created_hour, project, batch, task_type, status, total)
-  SELECT account_id, is_test, created_hour, project, batch, task_type, status, total
-  FROM json_to_recordset($2::json) AS r(account_id bigint, is_test boolean, created_hour bigint,
-    project text, batch text, task_type text, status text, total bigint)
-  ON CONFLICT (account_id, is_test, created_hour, project, batch, task_type, status)
-  DO UPDATE SET total = task_hour_counts.total + excluded.total
-  RETURNING 1
-), tags AS (
-  INSERT INTO task_tag_counts (account_id, is_test, tag, status, total)
-  SELECT account_id, is_test, tag, status, total
-  FROM json_to_recordset($3::json) AS r(account_id bigint, is_test boolean, tag text,
-    status text, total bigint)
-  ON CONFLICT (account_id, is_test, tag, status)
-  DO UPDATE SET total = task_tag_counts.total + excluded.total
-  RETURNING 1
-)
-SELECT 1";
+/// A counter table: its name, the CTE that upserts it, and its key columns (with their SQL
+/// types) in the order the key's Rust `Ord` compares them.
+struct CounterTable {
+    table: &'static str,
+    cte: &'static str,
+    key: &'static [(&'static str, &'static str)],
+}
+
+const COUNTER_TABLES: [CounterTable; 3] = [
+    CounterTable {
+        table: "task_counts",
+        cte: "totals",
+        key: &[
+            ("account_id", "bigint"),
+            ("is_test", "boolean"),
+            ("project", "text"),
+            ("batch", "text"),
+            ("task_type", "text"),
+            ("status", "text"),
+        ],
+    },
+    CounterTable {
+        table: "task_hour_counts",
+        cte: "hours",
+        key: &[
+            ("created_hour", "bigint"),
+            ("account_id", "bigint"),
+            ("is_test", "boolean"),
+            ("project", "text"),
+            ("batch", "text"),
+            ("task_type", "text"),
+            ("status", "text"),
+        ],
+    },
+    CounterTable {
+        table: "task_tag_counts",
+        cte: "tags",
+        key: &[
+            ("account_id", "bigint"),
+            ("is_test", "boolean"),
+            ("tag", "text"),
+            ("status", "text"),
+        ],
+    },
+];
+
+/// Where a counter upsert's rows come from.
+#[derive(Clone, Copy)]
+pub(super) enum CounterRows {
+    /// Summed rows, one per counter row, already in key order (a [`CounterDeltas`]).
+    Summed,
+    /// One row per task and counter row, with the task's id ([`created_task_counter_rows`]):
+    /// only the tasks the statement's `created` CTE returns are counted, summed in SQL.
+    PerCreatedTask,
+}
+
+/// The three counter upserts as data-modifying CTEs (`totals`, `hours`, `tags`), reading their
+/// rows from the JSON parameters `$first_param` to `$first_param + 2`. Rows are upserted in
+/// key order (byte order for text, as Rust compares them), so every writer locks counter rows
+/// in one order.
+pub(super) fn counter_upsert_ctes(rows: CounterRows, first_param: usize) -> String {
+    let mut ctes = Vec::new();
+    for (offset, counter) in COUNTER_TABLES.iter().enumerate() {
+        let param = first_param + offset;
+        let columns = counter
+            .key
+            .iter()
+            .map(|(column, _)| *column)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let typed = counter
+            .key
+            .iter()
+            .map(|(column, sql_type)| format!("{column} {sql_type}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let source = match rows {
+            CounterRows::Summed => format!(
+                "SELECT {columns}, total FROM json_to_recordset(${param}::json) \
+                 AS r({typed}, total bigint)"
+            ),
+            CounterRows::PerCreatedTask => {
+                let in_key_order = counter
+                    .key
+                    .iter()
+                    .map(|(column, sql_type)| match *sql_type {
+                        "text" => format!("{column} COLLATE \"C\""),
+                        _ => (*column).to_owned(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                format!(
+                    "SELECT {columns}, SUM(total)::bigint FROM json_to_recordset(${param}::json) \
+                     AS r(task_id text, {typed}, total bigint) JOIN created USING (task_id) \
+                     GROUP BY {columns} ORDER BY {in_key_order}"
+                )
+            }
+        };
+        ctes.push(format!(
+            "{cte} AS (INSERT INTO {table} ({columns}, total) {source} \
+             ON CONFLICT ({columns}) DO UPDATE SET total = {table}.total + excluded.total \
+             RETURNING 1)",
+            cte = counter.cte,
+            table = counter.table,
+        ));
+    }
+    ctes.join(", ")
+}
+
+static UPSERT_ALL_COUNTERS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH {} SELECT 1",
+        counter_upsert_ctes(CounterRows::Summed, 1)
+    )
+});
+
+/// The counter rows of new tasks, one per task and counter row, as the three JSON parameters
+/// of [`CounterRows::PerCreatedTask`].
+pub(super) fn created_task_counter_rows<'a>(
+    tasks: impl Iterator<Item = &'a Task>,
+) -> Result<[String; 3]> {
+    #[derive(Serialize)]
+    struct PerTask<'a, K> {
+        task_id: &'a str,
+        #[serde(flatten)]
+        key: K,
+        total: i64,
+    }
+    #[derive(Serialize)]
+    struct HourKey {
+        created_hour: i64,
+        #[serde(flatten)]
+        key: CountKey,
+    }
+    let (mut totals, mut hours, mut tags) = (Vec::new(), Vec::new(), Vec::new());
+    for task in tasks {
+        let task_id = task.id.as_str();
+        let (total, (created_hour, key), tag_keys) = counter_keys(task);
+        totals.push(PerTask {
+            task_id,
+            key: total,
+            total: 1,
+        });
+        hours.push(PerTask {
+            task_id,
+            key: HourKey { created_hour, key },
+            total: 1,
+        });
+        for key in tag_keys {
+            tags.push(PerTask {
+                task_id,
+                key,
+                total: 1,
+            });
+        }
+    }
+    Ok([
+        to_json_text(&totals)?,
+        to_json_text(&hours)?,
+        to_json_text(&tags)?,
+    ])
+}

@@ -112,8 +112,18 @@ impl Store {
         items: &[NewTask],
         on_batch_completed: OnBatchCompleted<'_>,
     ) -> Result<Vec<Result<StoredOutcome>>> {
-        let txn = self.db.begin().await?;
         let mut answers: Vec<Option<Result<StoredOutcome>>> = vec![None; items.len()];
+        if items.iter().all(|item| item.claim.is_none()) {
+            // No key to look up or store: the group is a bulk insert (one statement where it
+            // can be).
+            let (inserted_index, to_insert) = ready_to_insert(items, &mut answers);
+            if !to_insert.is_empty() {
+                let inserted = self.insert_tasks(&to_insert, on_batch_completed).await?;
+                record_inserted(&mut answers, inserted_index, to_insert, inserted);
+            }
+            return Ok(finish(answers));
+        }
+        let txn = self.db.begin().await?;
 
         let keyed: Vec<usize> = (0..items.len())
             .filter(|&index| items[index].claim.is_some())
@@ -171,51 +181,14 @@ impl Store {
             }
         }
 
-        let mut to_insert = Vec::new();
-        let mut inserted_index = Vec::new();
-        for (index, item) in items.iter().enumerate() {
-            if answers[index].is_some() {
-                continue;
-            }
-            match &item.prepared {
-                Ok(ready) => {
-                    inserted_index.push(index);
-                    to_insert.push(ready.clone());
-                }
-                // Transient failures are not answers: nothing is stored, a retry may succeed.
-                Err(err @ (Error::Internal | Error::Unavailable)) => {
-                    answers[index] = Some(Err(err.clone()));
-                }
-                Err(err) => {
-                    answers[index] = Some(Ok(StoredOutcome {
-                        outcome: Err(err.clone()),
-                        replayed: false,
-                    }));
-                }
-            }
-        }
+        let (inserted_index, to_insert) = ready_to_insert(items, &mut answers);
         let mut changes = Vec::new();
         if !to_insert.is_empty() {
             let inserted =
                 super::tasks::insert_tasks_in(&txn, &to_insert, on_batch_completed).await?;
             changes =
                 super::tasks::created_changes(to_insert.iter().map(|(task, _)| task), &inserted);
-            for ((index, (task, _)), outcome) in
-                inserted_index.into_iter().zip(to_insert).zip(inserted)
-            {
-                let outcome = match outcome {
-                    BulkInserted::Created => Ok(task),
-                    BulkInserted::Duplicate { holder } => Err(Error::UniqueIdConflict {
-                        unique_id: task.unique_id.unwrap_or_default(),
-                        // Empty only if the holder let go in the meantime; a retry then succeeds.
-                        task_id: holder,
-                    }),
-                };
-                answers[index] = Some(Ok(StoredOutcome {
-                    outcome,
-                    replayed: false,
-                }));
-            }
+            record_inserted(&mut answers, inserted_index, to_insert, inserted);
         }
 
         let mut records = Vec::new();
@@ -261,10 +234,7 @@ impl Store {
             }
         }
         self.commit_with_changes(txn, changes).await?;
-        Ok(answers
-            .into_iter()
-            .map(|answer| answer.unwrap_or(Err(Error::Internal)))
-            .collect())
+        Ok(finish(answers))
     }
 
     /// PostgreSQL: a transaction-scoped advisory lock per key, so a second replica answers
@@ -337,4 +307,66 @@ fn replay(row: idempotency_keys::Model, claim: &IdempotencyClaim) -> Result<Resu
         tracing::error!(error = %err, "stored idempotent outcome is unreadable");
         Error::Internal
     })
+}
+
+/// The prepared tasks of a group that have no answer yet, with their indexes; a prepared
+/// validation error is answered (and stored under its key) as the outcome it is.
+fn ready_to_insert(
+    items: &[NewTask],
+    answers: &mut [Option<Result<StoredOutcome>>],
+) -> (Vec<usize>, Vec<(Task, Option<NewDelivery>)>) {
+    let mut to_insert = Vec::new();
+    let mut inserted_index = Vec::new();
+    for (index, item) in items.iter().enumerate() {
+        if answers[index].is_some() {
+            continue;
+        }
+        match &item.prepared {
+            Ok(ready) => {
+                inserted_index.push(index);
+                to_insert.push(ready.clone());
+            }
+            // Transient failures are not answers: nothing is stored, a retry may succeed.
+            Err(err @ (Error::Internal | Error::Unavailable)) => {
+                answers[index] = Some(Err(err.clone()));
+            }
+            Err(err) => {
+                answers[index] = Some(Ok(StoredOutcome {
+                    outcome: Err(err.clone()),
+                    replayed: false,
+                }));
+            }
+        }
+    }
+    (inserted_index, to_insert)
+}
+
+/// Each inserted task's answer: created, or refused for its unique_id.
+fn record_inserted(
+    answers: &mut [Option<Result<StoredOutcome>>],
+    inserted_index: Vec<usize>,
+    to_insert: Vec<(Task, Option<NewDelivery>)>,
+    inserted: Vec<BulkInserted>,
+) {
+    for ((index, (task, _)), outcome) in inserted_index.into_iter().zip(to_insert).zip(inserted) {
+        let outcome = match outcome {
+            BulkInserted::Created => Ok(task),
+            BulkInserted::Duplicate { holder } => Err(Error::UniqueIdConflict {
+                unique_id: task.unique_id.unwrap_or_default(),
+                // Empty only if the holder let go in the meantime; a retry then succeeds.
+                task_id: holder,
+            }),
+        };
+        answers[index] = Some(Ok(StoredOutcome {
+            outcome,
+            replayed: false,
+        }));
+    }
+}
+
+fn finish(answers: Vec<Option<Result<StoredOutcome>>>) -> Vec<Result<StoredOutcome>> {
+    answers
+        .into_iter()
+        .map(|answer| answer.unwrap_or(Err(Error::Internal)))
+        .collect()
 }

@@ -10,6 +10,7 @@ mod counters;
 pub mod entities;
 mod error;
 mod idempotency;
+mod one_statement;
 mod projects;
 mod tasks;
 mod work;

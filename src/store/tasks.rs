@@ -439,8 +439,9 @@ pub(super) fn statement_sized_chunks<T>(items: &[T], max: usize) -> Vec<&[T]> {
 }
 
 impl Store {
-    /// Inserts many tasks in one transaction: one multi-row `INSERT … ON CONFLICT DO NOTHING`
-    /// per chunk, then their tags, counters, callbacks and batches. A task whose unique_id is
+    /// Inserts many tasks in one transaction: on PostgreSQL, outside batches, one statement
+    /// (`one_statement`); otherwise one multi-row `INSERT … ON CONFLICT DO NOTHING` per chunk,
+    /// then their tags, counters, callbacks and batches. A task whose unique_id is
     /// taken is not inserted and is answered with the holder; the others commit together.
     /// Locks (unique_id index entries, counter rows, batch rows) are taken in sorted order, so
     /// concurrent bulk inserts on PostgreSQL cannot deadlock on each other.
@@ -449,6 +450,9 @@ impl Store {
         items: &[(Task, Option<NewDelivery>)],
         on_batch_completed: OnBatchCompleted<'_>,
     ) -> Result<Vec<BulkInserted>> {
+        if self.can_insert_in_one_statement(items) {
+            return self.insert_new_tasks_in_one_statement(items).await;
+        }
         let txn = self.db.begin().await?;
         let outcomes = insert_tasks_in(&txn, items, on_batch_completed).await?;
         self.commit_with_changes(
@@ -576,7 +580,7 @@ pub(super) async fn insert_tasks_in(
     Ok(outcomes)
 }
 
-async fn find_task_id_by_unique_id(
+pub(super) async fn find_task_id_by_unique_id(
     db: &impl ConnectionTrait,
     scope: Scope,
     unique_id: &str,
@@ -755,7 +759,7 @@ struct StoredAudit {
     created_at: i64,
 }
 
-fn to_active_model(task: &Task) -> Result<tasks::ActiveModel> {
+pub(super) fn to_active_model(task: &Task) -> Result<tasks::ActiveModel> {
     let audits: Vec<StoredAudit> = task
         .audits
         .iter()
