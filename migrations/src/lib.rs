@@ -10,6 +10,7 @@ mod m20261130_000005_api_key_prefix;
 mod m20261130_000006_task_hour_counts;
 mod m20261130_000007_task_tag_counts;
 mod m20261130_000008_task_change_log;
+mod m20261130_000009_sharded_counters;
 
 pub struct Migrator;
 
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000006_task_hour_counts::Migration),
             Box::new(m20261130_000007_task_tag_counts::Migration),
             Box::new(m20261130_000008_task_change_log::Migration),
+            Box::new(m20261130_000009_sharded_counters::Migration),
         ]
     }
 }

@@ -448,7 +448,7 @@ async fn preload(db: &DatabaseConnection, account_id: i64, count: u64) -> Result
         "INSERT INTO task_counts (account_id, is_test, project, batch, task_type, status, total) \
          SELECT {account_id}, false, '', '', 'imageannotation', status, COUNT(*) FROM tasks \
          WHERE account_id = {account_id} AND created_at < 1800000000000 GROUP BY status \
-         ON CONFLICT (account_id, is_test, project, batch, task_type, status) DO UPDATE SET total = task_counts.total + excluded.total"
+         ON CONFLICT (account_id, is_test, project, batch, task_type, status, shard) DO UPDATE SET total = task_counts.total + excluded.total"
     );
     db.execute_unprepared(&counts).await?;
     Ok(())

@@ -1,10 +1,10 @@
 //! The counters behind exact list totals, kept in the transaction of every task write.
 //!
 //! A write collects what it adds to and removes from each counter row ([`CounterDeltas`]) and
-//! applies them at once. Every create of an account touches the same few counter rows, whose
-//! row locks are then held until commit, so concurrent group commits queue on them: on
-//! PostgreSQL all three tables are upserted in one statement (one round trip inside that
-//! window instead of three or more).
+//! applies them at once. Every create of an account touches the same few counter keys, whose
+//! row locks are then held until commit: on PostgreSQL each key has a row per shard and each
+//! transaction writes to the next shard in turn, so concurrent writers rarely queue on the
+//! same rows, and all three tables are upserted in one statement.
 
 use std::collections::BTreeMap;
 
@@ -25,6 +25,18 @@ use crate::{
 };
 
 pub(super) const HOUR_MILLIS: i64 = 3_600_000;
+
+/// Rows per counter key on PostgreSQL. Each transaction writes its counters to one shard, in
+/// turn, so concurrent writers of one account rarely wait on each other's counter rows (held
+/// until commit). SQLite has one writer and keeps one row per key.
+const POSTGRES_COUNTER_SHARDS: usize = 8;
+
+/// The PostgreSQL shard a transaction's counter rows go to.
+pub(super) fn next_shard() -> i32 {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let turn = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    i32::try_from(turn % POSTGRES_COUNTER_SHARDS).unwrap_or(0)
+}
 
 pub(super) fn created_hour(at: Timestamp) -> i64 {
     at.millis().div_euclid(HOUR_MILLIS)
@@ -135,18 +147,21 @@ impl CounterDeltas {
             created_hour: i64,
             #[serde(flatten)]
             key: &'a CountKey,
+            shard: i32,
             total: i64,
         }
         #[derive(Serialize)]
         struct Row<'a, K> {
             #[serde(flatten)]
             key: &'a K,
+            shard: i32,
             total: i64,
         }
+        let shard = next_shard();
         let totals: Vec<_> = self
             .totals
             .iter()
-            .map(|(key, &total)| Row { key, total })
+            .map(|(key, &total)| Row { key, shard, total })
             .collect();
         let hours: Vec<_> = self
             .hours
@@ -154,13 +169,14 @@ impl CounterDeltas {
             .map(|((created_hour, key), &total)| HourRow {
                 created_hour: *created_hour,
                 key,
+                shard,
                 total,
             })
             .collect();
         let tags: Vec<_> = self
             .tags
             .iter()
-            .map(|(key, &total)| Row { key, total })
+            .map(|(key, &total)| Row { key, shard, total })
             .collect();
         txn.execute(Statement::from_sql_and_values(
             DbBackend::Postgres,
@@ -187,6 +203,7 @@ impl CounterDeltas {
                 batch: Set(key.batch),
                 task_type: Set(key.task_type),
                 status: Set(key.status.to_owned()),
+                shard: Set(0),
                 total: Set(total),
             })
             .collect();
@@ -202,6 +219,7 @@ impl CounterDeltas {
                     batch: Set(key.batch),
                     task_type: Set(key.task_type),
                     status: Set(key.status.to_owned()),
+                    shard: Set(0),
                     total: Set(total),
                 },
             )
@@ -214,6 +232,7 @@ impl CounterDeltas {
                 is_test: Set(key.is_test),
                 tag: Set(key.tag),
                 status: Set(key.status.to_owned()),
+                shard: Set(0),
                 total: Set(total),
             })
             .collect();
@@ -270,6 +289,7 @@ const COUNTER_TABLES: [CounterTable; 3] = [
             ("batch", "text"),
             ("task_type", "text"),
             ("status", "text"),
+            ("shard", "integer"),
         ],
     },
     CounterTable {
@@ -283,6 +303,7 @@ const COUNTER_TABLES: [CounterTable; 3] = [
             ("batch", "text"),
             ("task_type", "text"),
             ("status", "text"),
+            ("shard", "integer"),
         ],
     },
     CounterTable {
@@ -293,6 +314,7 @@ const COUNTER_TABLES: [CounterTable; 3] = [
             ("is_test", "boolean"),
             ("tag", "text"),
             ("status", "text"),
+            ("shard", "integer"),
         ],
     },
 ];
@@ -371,12 +393,14 @@ static UPSERT_ALL_COUNTERS: std::sync::LazyLock<String> = std::sync::LazyLock::n
 /// of [`CounterRows::PerCreatedTask`].
 pub(super) fn created_task_counter_rows<'a>(
     tasks: impl Iterator<Item = &'a Task>,
+    shard: i32,
 ) -> Result<[String; 3]> {
     #[derive(Serialize)]
     struct PerTask<'a, K> {
         task_id: &'a str,
         #[serde(flatten)]
         key: K,
+        shard: i32,
         total: i64,
     }
     #[derive(Serialize)]
@@ -392,17 +416,20 @@ pub(super) fn created_task_counter_rows<'a>(
         totals.push(PerTask {
             task_id,
             key: total,
+            shard,
             total: 1,
         });
         hours.push(PerTask {
             task_id,
             key: HourKey { created_hour, key },
+            shard,
             total: 1,
         });
         for key in tag_keys {
             tags.push(PerTask {
                 task_id,
                 key,
+                shard,
                 total: 1,
             });
         }

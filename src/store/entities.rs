@@ -123,6 +123,9 @@ pub mod task_hour_counts {
         pub task_type: String,
         #[sea_orm(primary_key, auto_increment = false)]
         pub status: String,
+        /// Writers spread over shards; a counter is the sum of its rows.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub shard: i32,
         pub total: i64,
     }
 
@@ -146,6 +149,9 @@ pub mod task_tag_counts {
         pub tag: String,
         #[sea_orm(primary_key, auto_increment = false)]
         pub status: String,
+        /// Writers spread over shards; a counter is the sum of its rows.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub shard: i32,
         pub total: i64,
     }
 
@@ -173,6 +179,9 @@ pub mod task_counts {
         pub task_type: String,
         #[sea_orm(primary_key, auto_increment = false)]
         pub status: String,
+        /// Writers spread over shards; a counter is the sum of its rows.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub shard: i32,
         pub total: i64,
     }
 

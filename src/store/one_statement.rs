@@ -18,7 +18,7 @@ use sea_orm::{
 
 use super::{
     callbacks::delivery_row,
-    counters::{counter_upsert_ctes, created_task_counter_rows, CounterRows},
+    counters::{counter_upsert_ctes, created_task_counter_rows, next_shard, CounterRows},
     entities::{callback_deliveries, task_tags},
     tasks::{to_active_model, to_json_text, BulkInserted},
     Store,
@@ -105,7 +105,8 @@ impl Store {
                 delivery_rows.push(row_json(&delivery_row(delivery)?)?);
             }
         }
-        let [totals, hours, tags] = created_task_counter_rows(items.iter().map(|(task, _)| task))?;
+        let [totals, hours, tags] =
+            created_task_counter_rows(items.iter().map(|(task, _)| task), next_shard())?;
         let rows = self
             .db
             .query_all(Statement::from_sql_and_values(
