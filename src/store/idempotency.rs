@@ -114,11 +114,16 @@ impl Store {
     ) -> Result<Vec<Result<StoredOutcome>>> {
         let mut answers: Vec<Option<Result<StoredOutcome>>> = vec![None; items.len()];
         if items.iter().all(|item| item.claim.is_none()) {
-            // No key to look up or store: the group is a bulk insert (one statement where it
-            // can be).
+            // No key to look up or store: the group is a bulk insert, in one statement where it
+            // can be (an import's 500-task transactions keep their multi-row inserts: there the
+            // round trips are few, and as one statement an import measured 7% slower).
             let (inserted_index, to_insert) = ready_to_insert(items, &mut answers);
             if !to_insert.is_empty() {
-                let inserted = self.insert_tasks(&to_insert, on_batch_completed).await?;
+                let inserted = if self.can_insert_in_one_statement(&to_insert) {
+                    self.insert_new_tasks_in_one_statement(&to_insert).await?
+                } else {
+                    self.insert_tasks(&to_insert, on_batch_completed).await?
+                };
                 record_inserted(&mut answers, inserted_index, to_insert, inserted);
             }
             return Ok(finish(answers));

@@ -141,9 +141,14 @@ impl Store {
                 return Err(Error::Internal);
             };
             // Committed (before, or by this statement): the holder is there to find, unless it
-            // let go of the unique_id meanwhile, and then a retry succeeds.
+            // let go of the unique_id meanwhile, and then a retry succeeds. The group is
+            // committed by now, so a failed look-up must not fail the tasks that were created.
             let holder = super::tasks::find_task_id_by_unique_id(&self.db, task.scope, unique_id)
-                .await?
+                .await
+                .unwrap_or_else(|err| {
+                    tracing::warn!(error = %err, "looking up a unique_id's holder failed");
+                    None
+                })
                 .unwrap_or_default();
             outcomes.push(BulkInserted::Duplicate { holder });
         }

@@ -439,9 +439,8 @@ pub(super) fn statement_sized_chunks<T>(items: &[T], max: usize) -> Vec<&[T]> {
 }
 
 impl Store {
-    /// Inserts many tasks in one transaction: on PostgreSQL, outside batches, one statement
-    /// (`one_statement`); otherwise one multi-row `INSERT … ON CONFLICT DO NOTHING` per chunk,
-    /// then their tags, counters, callbacks and batches. A task whose unique_id is
+    /// Inserts many tasks in one transaction: one multi-row `INSERT … ON CONFLICT DO NOTHING`
+    /// per chunk, then their tags, counters, callbacks and batches. A task whose unique_id is
     /// taken is not inserted and is answered with the holder; the others commit together.
     /// Locks (unique_id index entries, counter rows, batch rows) are taken in sorted order, so
     /// concurrent bulk inserts on PostgreSQL cannot deadlock on each other.
@@ -450,9 +449,6 @@ impl Store {
         items: &[(Task, Option<NewDelivery>)],
         on_batch_completed: OnBatchCompleted<'_>,
     ) -> Result<Vec<BulkInserted>> {
-        if self.can_insert_in_one_statement(items) {
-            return self.insert_new_tasks_in_one_statement(items).await;
-        }
         let txn = self.db.begin().await?;
         let outcomes = insert_tasks_in(&txn, items, on_batch_completed).await?;
         self.commit_with_changes(
