@@ -120,7 +120,8 @@ impl Store {
             let (inserted_index, to_insert) = ready_to_insert(items, &mut answers);
             if !to_insert.is_empty() {
                 let inserted = if self.can_insert_in_one_statement(&to_insert) {
-                    self.insert_new_tasks_in_one_statement(&to_insert).await?
+                    self.insert_new_tasks_in_one_statement(&self.db, &to_insert)
+                        .await?
                 } else {
                     self.insert_tasks(&to_insert, on_batch_completed).await?
                 };
@@ -188,11 +189,22 @@ impl Store {
 
         let (inserted_index, to_insert) = ready_to_insert(items, &mut answers);
         let mut changes = Vec::new();
+        let mut logged_in_statement = false;
         if !to_insert.is_empty() {
-            let inserted =
-                super::tasks::insert_tasks_in(&txn, &to_insert, on_batch_completed).await?;
-            changes =
-                super::tasks::created_changes(to_insert.iter().map(|(task, _)| task), &inserted);
+            let inserted = if self.can_insert_in_one_statement(&to_insert) {
+                // Its change-log row is written by the statement itself.
+                logged_in_statement = true;
+                self.insert_new_tasks_in_one_statement(&txn, &to_insert)
+                    .await?
+            } else {
+                let inserted =
+                    super::tasks::insert_tasks_in(&txn, &to_insert, on_batch_completed).await?;
+                changes = super::tasks::created_changes(
+                    to_insert.iter().map(|(task, _)| task),
+                    &inserted,
+                );
+                inserted
+            };
             record_inserted(&mut answers, inserted_index, to_insert, inserted);
         }
 
@@ -239,6 +251,9 @@ impl Store {
             }
         }
         self.commit_with_changes(txn, changes).await?;
+        if logged_in_statement {
+            self.change_log_written.notify_one();
+        }
         Ok(finish(answers))
     }
 

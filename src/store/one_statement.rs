@@ -78,10 +78,13 @@ impl Store {
             })
     }
 
-    /// Inserts new tasks and commits them (see the module): each is created, or refused
-    /// because another task holds its unique_id.
+    /// Inserts new tasks (see the module): each is created, or refused because another task
+    /// holds its unique_id. On the pool the statement commits them; in a transaction (creates
+    /// under Idempotency-Keys) they commit with it, change-log row included, and the caller
+    /// wakes the feed once it has committed.
     pub(super) async fn insert_new_tasks_in_one_statement(
         &self,
+        db: &impl ConnectionTrait,
         items: &[(Task, Option<NewDelivery>)],
     ) -> Result<Vec<BulkInserted>> {
         // Unique_id index entries are locked in one order by every writer.
@@ -107,8 +110,7 @@ impl Store {
         }
         let [totals, hours, tags] =
             created_task_counter_rows(items.iter().map(|(task, _)| task), next_shard())?;
-        let rows = self
-            .db
+        let rows = db
             .query_all(Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 INSERT_NEW_TASKS.as_str(),
@@ -140,10 +142,11 @@ impl Store {
                 tracing::error!(task_id = %task.id, "a task without unique_id was not inserted");
                 return Err(Error::Internal);
             };
-            // Committed (before, or by this statement): the holder is there to find, unless it
-            // let go of the unique_id meanwhile, and then a retry succeeds. The group is
-            // committed by now, so a failed look-up must not fail the tasks that were created.
-            let holder = super::tasks::find_task_id_by_unique_id(&self.db, task.scope, unique_id)
+            // Committed before, or written by this statement (seen on `db`): the holder is there
+            // to find, unless it let go of the unique_id meanwhile, and then a retry succeeds.
+            // On the pool the group is committed by now, so a failed look-up must not fail the
+            // tasks that were created.
+            let holder = super::tasks::find_task_id_by_unique_id(db, task.scope, unique_id)
                 .await
                 .unwrap_or_else(|err| {
                     tracing::warn!(error = %err, "looking up a unique_id's holder failed");
