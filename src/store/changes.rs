@@ -176,23 +176,9 @@ impl ChangeLogReader {
 
     /// Forgets everything read and starts after the rows visible now.
     async fn restart(&mut self) -> Result<()> {
-        let rows = self
-            .store
-            .db
-            .query_all(Statement::from_string(
-                DbBackend::Postgres,
-                "WITH snapshot AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon) \
-                 SELECT snapshot.horizon, log.xid FROM snapshot \
-                 LEFT JOIN task_change_log AS log ON log.xid >= snapshot.horizon",
-            ))
-            .await?;
-        self.horizon = horizon_of(&rows)?;
-        self.read_above_horizon.clear();
-        for row in &rows {
-            if let Some(xid) = row.try_get::<Option<i64>>("", "xid")? {
-                self.read_above_horizon.insert(xid);
-            }
-        }
+        let (horizon, logged) = self.read_log(None).await?;
+        self.horizon = horizon;
+        self.read_above_horizon = logged.into_iter().map(|(xid, _)| xid).collect();
         self.ready.clear();
         self.last_read = Instant::now();
         Ok(())
@@ -230,24 +216,7 @@ impl ChangeLogReader {
     }
 
     async fn read_new_rows(&mut self) -> Result<()> {
-        let rows = self
-            .store
-            .db
-            .query_all(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "WITH snapshot AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon) \
-                 SELECT snapshot.horizon, log.xid, log.changes FROM snapshot \
-                 LEFT JOIN task_change_log AS log ON log.xid >= $1 ORDER BY log.seq",
-                [self.horizon.into()],
-            ))
-            .await?;
-        let horizon = horizon_of(&rows)?;
-        let mut logged = Vec::with_capacity(rows.len());
-        for row in &rows {
-            if let Some(xid) = row.try_get::<Option<i64>>("", "xid")? {
-                logged.push((xid, row.try_get::<String>("", "changes")?));
-            }
-        }
+        let (horizon, logged) = self.read_log(Some(self.horizon)).await?;
         for (xid, changes) in logged {
             if self.read_above_horizon.insert(xid) {
                 self.ready.push_back(parse_changes(&changes));
@@ -257,11 +226,32 @@ impl ChangeLogReader {
         self.read_above_horizon.retain(|xid| *xid >= horizon);
         Ok(())
     }
-}
 
-fn horizon_of(rows: &[sea_orm::QueryResult]) -> Result<i64> {
-    let row = rows.first().ok_or(Error::Unavailable)?;
-    Ok(row.try_get("", "horizon")?)
+    /// The snapshot's horizon, and the visible rows (transaction id, changes) in `seq` order
+    /// of transactions at or above `from` (by default, the horizon itself).
+    async fn read_log(&self, from: Option<i64>) -> Result<(i64, Vec<(i64, String)>)> {
+        let rows = self
+            .store
+            .db
+            .query_all(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "WITH snapshot AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon) \
+                 SELECT snapshot.horizon, log.xid, log.changes FROM snapshot \
+                 LEFT JOIN task_change_log AS log ON log.xid >= COALESCE($1, snapshot.horizon) \
+                 ORDER BY log.seq",
+                [from.into()],
+            ))
+            .await?;
+        let first = rows.first().ok_or(Error::Unavailable)?;
+        let horizon = first.try_get("", "horizon")?;
+        let mut logged = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if let Some(xid) = row.try_get::<Option<i64>>("", "xid")? {
+                logged.push((xid, row.try_get::<String>("", "changes")?));
+            }
+        }
+        Ok((horizon, logged))
+    }
 }
 
 impl Store {
