@@ -142,41 +142,27 @@ impl CounterDeltas {
     /// PostgreSQL: the three upserts as data-modifying CTEs of one statement, each reading its
     /// rows from a JSON array (one statement shape, whatever the number of rows).
     async fn apply_in_one_statement(self, txn: &impl ConnectionTrait) -> Result<()> {
-        #[derive(Serialize)]
-        struct HourRow<'a> {
-            created_hour: i64,
-            #[serde(flatten)]
-            key: &'a CountKey,
-            shard: i32,
-            total: i64,
-        }
-        #[derive(Serialize)]
-        struct Row<'a, K> {
-            #[serde(flatten)]
-            key: &'a K,
-            shard: i32,
-            total: i64,
-        }
         let shard = next_shard();
         let totals: Vec<_> = self
             .totals
             .iter()
-            .map(|(key, &total)| Row { key, shard, total })
+            .map(|(key, &total)| JsonCounterRow::summed(key, shard, total))
             .collect();
         let hours: Vec<_> = self
             .hours
             .iter()
-            .map(|((created_hour, key), &total)| HourRow {
-                created_hour: *created_hour,
-                key,
-                shard,
-                total,
+            .map(|((created_hour, key), &total)| {
+                let key = HourKey {
+                    created_hour: *created_hour,
+                    key,
+                };
+                JsonCounterRow::summed(key, shard, total)
             })
             .collect();
         let tags: Vec<_> = self
             .tags
             .iter()
-            .map(|(key, &total)| Row { key, shard, total })
+            .map(|(key, &total)| JsonCounterRow::summed(key, shard, total))
             .collect();
         txn.execute(Statement::from_sql_and_values(
             DbBackend::Postgres,
@@ -268,6 +254,48 @@ where
             .await?;
     }
     Ok(())
+}
+
+/// One JSON row of a counter upsert (see [`counter_upsert_ctes`]): a counter key, its shard
+/// and what to add, with the task it counts when summed in SQL.
+#[derive(Serialize)]
+struct JsonCounterRow<'a, K> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    task_id: Option<&'a str>,
+    #[serde(flatten)]
+    key: K,
+    shard: i32,
+    total: i64,
+}
+
+impl<'a, K> JsonCounterRow<'a, K> {
+    /// A row of a [`CounterDeltas`]: `total` added to the key's row.
+    fn summed(key: K, shard: i32, total: i64) -> Self {
+        JsonCounterRow {
+            task_id: None,
+            key,
+            shard,
+            total,
+        }
+    }
+
+    /// A new task counted once in the key's row, if the statement created it.
+    fn of_task(task_id: &'a str, key: K, shard: i32) -> Self {
+        JsonCounterRow {
+            task_id: Some(task_id),
+            key,
+            shard,
+            total: 1,
+        }
+    }
+}
+
+/// A `task_hour_counts` key: the creation hour and the `task_counts` key.
+#[derive(Serialize)]
+struct HourKey<K> {
+    created_hour: i64,
+    #[serde(flatten)]
+    key: K,
 }
 
 /// A counter table: its name, the CTE that upserts it, and its key columns (with their SQL
@@ -395,44 +423,18 @@ pub(super) fn created_task_counter_rows<'a>(
     tasks: impl Iterator<Item = &'a Task>,
     shard: i32,
 ) -> Result<[String; 3]> {
-    #[derive(Serialize)]
-    struct PerTask<'a, K> {
-        task_id: &'a str,
-        #[serde(flatten)]
-        key: K,
-        shard: i32,
-        total: i64,
-    }
-    #[derive(Serialize)]
-    struct HourKey {
-        created_hour: i64,
-        #[serde(flatten)]
-        key: CountKey,
-    }
     let (mut totals, mut hours, mut tags) = (Vec::new(), Vec::new(), Vec::new());
     for task in tasks {
         let task_id = task.id.as_str();
         let (total, (created_hour, key), tag_keys) = counter_keys(task);
-        totals.push(PerTask {
-            task_id,
-            key: total,
-            shard,
-            total: 1,
-        });
-        hours.push(PerTask {
-            task_id,
-            key: HourKey { created_hour, key },
-            shard,
-            total: 1,
-        });
-        for key in tag_keys {
-            tags.push(PerTask {
-                task_id,
-                key,
-                shard,
-                total: 1,
-            });
-        }
+        totals.push(JsonCounterRow::of_task(task_id, total, shard));
+        let key = HourKey { created_hour, key };
+        hours.push(JsonCounterRow::of_task(task_id, key, shard));
+        tags.extend(
+            tag_keys
+                .into_iter()
+                .map(|key| JsonCounterRow::of_task(task_id, key, shard)),
+        );
     }
     Ok([
         to_json_text(&totals)?,

@@ -1,5 +1,6 @@
 //! PostgreSQL: new tasks, with everything they write (tag rows, callbacks, counters, the change
-//! log), inserted by one statement in its own implicit transaction.
+//! log), inserted by one statement: a create group's whole implicit transaction, or, under
+//! Idempotency-Keys, one statement of the group's transaction.
 //!
 //! A group commit of creates was six round trips (BEGIN, tasks, tags, counters, change log,
 //! COMMIT), and the account's counter rows stayed locked from the counter upsert to the end of
@@ -7,7 +8,8 @@
 //! statement it is one round trip, and the counter locks are held for the statement's tail and
 //! its commit only. Tasks refused for their unique_id are left out of every other row by joining
 //! on what the task insert returned. Tasks in a batch take the transaction path: a batch's
-//! status is settled from the counters after they are written.
+//! status is settled from the counters after they are written. Imports keep their multi-row
+//! inserts too: 500 tasks per transaction leave few round trips to save.
 
 use std::sync::LazyLock;
 
