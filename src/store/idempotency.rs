@@ -101,19 +101,20 @@ impl Store {
         Ok(())
     }
 
-    /// Creates a group of tasks in one transaction (group commit). Each item is a prepared task
-    /// (or the validation error that is its answer) and, under an `Idempotency-Key`, its claim:
-    /// a live key replays its stored outcome and creates nothing; otherwise the outcome
-    /// (created task, unique_id conflict or validation error) is stored under the key in the
-    /// same transaction as the task. Each item gets its own answer; a key held by a request in
-    /// flight on another replica answers [`Error::IdempotencyInFlight`].
+    /// Creates a group of tasks (group commit). Each item is a prepared task (or the validation
+    /// error that is its answer) and, under an `Idempotency-Key`, its claim: a live key replays
+    /// its stored outcome and creates nothing; otherwise the outcome (created task, unique_id
+    /// conflict or validation error) is stored under the key in the same transaction as the
+    /// task. Each item gets its own answer; a key held by a request in flight on another replica
+    /// answers [`Error::IdempotencyInFlight`]. On PostgreSQL a group is one statement where it
+    /// can be: items whose keys are already stored then take a transaction of their own.
     pub async fn create_tasks(
         &self,
         items: &[NewTask],
         on_batch_completed: OnBatchCompleted<'_>,
     ) -> Result<Vec<Result<StoredOutcome>>> {
-        let mut answers: Vec<Option<Result<StoredOutcome>>> = vec![None; items.len()];
         if items.iter().all(|item| item.claim.is_none()) {
+            let mut answers = vec![None; items.len()];
             // No key to look up or store: the group is a bulk insert, in one statement where it
             // can be (an import's 500-task transactions keep their multi-row inserts: there the
             // round trips are few, and as one statement an import measured 7% slower).
@@ -129,6 +130,43 @@ impl Store {
             }
             return Ok(finish(answers));
         }
+        let all: Vec<&NewTask> = items.iter().collect();
+        if !self.is_postgres() {
+            return self.create_in_transaction(&all, on_batch_completed).await;
+        }
+        let Some(mut answers) = self.create_under_keys_in_one_statement(items).await? else {
+            return self.create_in_transaction(&all, on_batch_completed).await;
+        };
+        let deferred: Vec<usize> = (0..items.len())
+            .filter(|&index| answers[index].is_none())
+            .collect();
+        if !deferred.is_empty() {
+            let rest: Vec<&NewTask> = deferred.iter().map(|&index| &items[index]).collect();
+            // The statement has committed the others: a failure here is these items' alone.
+            match self.create_in_transaction(&rest, on_batch_completed).await {
+                Ok(outcomes) => {
+                    for (index, outcome) in deferred.into_iter().zip(outcomes) {
+                        answers[index] = Some(outcome);
+                    }
+                }
+                Err(err) => {
+                    for index in deferred {
+                        answers[index] = Some(Err(err.clone()));
+                    }
+                }
+            }
+        }
+        Ok(finish(answers))
+    }
+
+    /// The group in one transaction: the keys are locked (PostgreSQL) and looked up, live ones
+    /// replay, expired ones are replaced, and the new answers are stored with the tasks.
+    async fn create_in_transaction(
+        &self,
+        items: &[&NewTask],
+        on_batch_completed: OnBatchCompleted<'_>,
+    ) -> Result<Vec<Result<StoredOutcome>>> {
+        let mut answers: Vec<Option<Result<StoredOutcome>>> = vec![None; items.len()];
         let txn = self.db.begin().await?;
 
         let keyed: Vec<usize> = (0..items.len())
@@ -220,19 +258,7 @@ impl Store {
             else {
                 continue;
             };
-            let stored = serde_json::to_string(outcome).map_err(|err| {
-                tracing::error!(error = %err, "serialising an idempotent outcome failed");
-                Error::Internal
-            })?;
-            records.push(idempotency_keys::ActiveModel {
-                idempotency_key: Set(claim.key.clone()),
-                account_id: Set(claim.scope.account_id),
-                is_test: Set(claim.scope.is_test),
-                fingerprint: Set(claim.fingerprint.clone()),
-                outcome: Set(stored),
-                created_at: Set(claim.now.millis()),
-                expires_at: Set(claim.expires_at.millis()),
-            });
+            records.push(record_row(claim, outcome)?);
         }
         if !records.is_empty() {
             // The keys are locked (PostgreSQL) or the writer is alone (SQLite): no one else
@@ -255,6 +281,69 @@ impl Store {
             self.change_log_written.notify_one();
         }
         Ok(finish(answers))
+    }
+
+    /// PostgreSQL's common case: the group in one statement on the pool (see
+    /// [`Store::insert_new_tasks_under_keys`]). Each item's answer, or `None` for an item whose
+    /// key was already stored (a replay, an expired key not yet swept, or a concurrent request's
+    /// key): nothing was written for it, and it goes the transaction way. `None` for the whole
+    /// group when it must: tasks in a batch, or a keyed task with a unique_id (its refusal's
+    /// answer names the holder, known only after the insert).
+    async fn create_under_keys_in_one_statement(
+        &self,
+        items: &[NewTask],
+    ) -> Result<Option<Vec<Option<Result<StoredOutcome>>>>> {
+        let mut answers: Vec<Option<Result<StoredOutcome>>> = vec![None; items.len()];
+        let (inserted_index, to_insert) = ready_to_insert(items, &mut answers);
+        if !self.can_insert_in_one_statement(&to_insert) {
+            return Ok(None);
+        }
+        let mut claims = Vec::new();
+        let mut to_insert_at = inserted_index.iter().zip(&to_insert).peekable();
+        for (index, item) in items.iter().enumerate() {
+            let task = to_insert_at
+                .next_if(|(&at, _)| at == index)
+                .map(|(_, (task, _))| task);
+            let Some(claim) = &item.claim else {
+                continue;
+            };
+            let (outcome, task_id) = match (task, &answers[index]) {
+                (Some(task), _) if task.unique_id.is_some() => return Ok(None),
+                (Some(task), _) => (Ok(task.clone()), Some(task.id.to_string())),
+                (None, Some(Ok(answer))) => (answer.outcome.clone(), None),
+                // A transient failure is not stored: the retry decides.
+                (None, _) => continue,
+            };
+            claims.push((record_row(claim, &outcome)?, task_id));
+        }
+        let inserted = self
+            .insert_new_tasks_under_keys(&to_insert, &claims)
+            .await?;
+
+        for (item, answer) in items.iter().zip(answers.iter_mut()) {
+            match &item.claim {
+                Some(claim) if !inserted.claimed.contains(&claim.key) => *answer = None,
+                _ => {}
+            }
+        }
+        let (inserted_index, to_insert): (Vec<_>, Vec<_>) = inserted_index
+            .into_iter()
+            .zip(to_insert)
+            .filter(|(index, _)| {
+                items[*index]
+                    .claim
+                    .as_ref()
+                    .is_none_or(|claim| inserted.claimed.contains(&claim.key))
+            })
+            .unzip();
+        let outcomes = super::one_statement::unique_id_outcomes(
+            &self.db,
+            to_insert.iter().map(|(task, _)| task),
+            &inserted.created,
+        )
+        .await?;
+        record_inserted(&mut answers, inserted_index, to_insert, outcomes);
+        Ok(Some(answers))
     }
 
     /// PostgreSQL: a transaction-scoped advisory lock per key, so a second replica answers
@@ -310,6 +399,26 @@ impl Store {
     }
 }
 
+/// The row that stores `outcome` under the claim's key.
+fn record_row(
+    claim: &IdempotencyClaim,
+    outcome: &Result<Task>,
+) -> Result<idempotency_keys::ActiveModel> {
+    let stored = serde_json::to_string(outcome).map_err(|err| {
+        tracing::error!(error = %err, "serialising an idempotent outcome failed");
+        Error::Internal
+    })?;
+    Ok(idempotency_keys::ActiveModel {
+        idempotency_key: Set(claim.key.clone()),
+        account_id: Set(claim.scope.account_id),
+        is_test: Set(claim.scope.is_test),
+        fingerprint: Set(claim.fingerprint.clone()),
+        outcome: Set(stored),
+        created_at: Set(claim.now.millis()),
+        expires_at: Set(claim.expires_at.millis()),
+    })
+}
+
 fn replay(row: idempotency_keys::Model, claim: &IdempotencyClaim) -> Result<Result<Task>> {
     if row.account_id != claim.scope.account_id || row.is_test != claim.scope.is_test {
         return Err(Error::IdempotencyConflict(
@@ -331,8 +440,8 @@ fn replay(row: idempotency_keys::Model, claim: &IdempotencyClaim) -> Result<Resu
 
 /// The prepared tasks of a group that have no answer yet, with their indexes; a prepared
 /// validation error is answered (and stored under its key) as the outcome it is.
-fn ready_to_insert(
-    items: &[NewTask],
+fn ready_to_insert<T: std::borrow::Borrow<NewTask>>(
+    items: &[T],
     answers: &mut [Option<Result<StoredOutcome>>],
 ) -> (Vec<usize>, Vec<(Task, Option<NewDelivery>)>) {
     let mut to_insert = Vec::new();
@@ -341,7 +450,7 @@ fn ready_to_insert(
         if answers[index].is_some() {
             continue;
         }
-        match &item.prepared {
+        match &item.borrow().prepared {
             Ok(ready) => {
                 inserted_index.push(index);
                 to_insert.push(ready.clone());

@@ -1,6 +1,7 @@
 //! PostgreSQL: new tasks, with everything they write (tag rows, callbacks, counters, the change
-//! log), inserted by one statement: a create group's whole implicit transaction, or, under
-//! Idempotency-Keys, one statement of the group's transaction.
+//! log and, under Idempotency-Keys, the keys' answers), inserted by one statement: a create
+//! group's whole implicit transaction, or one statement of a transaction where a group needs
+//! one (keys already stored, to be looked up under their locks).
 //!
 //! A group commit of creates was six round trips (BEGIN, tasks, tags, counters, change log,
 //! COMMIT), and the account's counter rows stayed locked from the counter upsert to the end of
@@ -11,7 +12,7 @@
 //! status is settled from the counters after they are written. Imports keep their multi-row
 //! inserts too: 500 tasks per transaction leave few round trips to save.
 
-use std::sync::LazyLock;
+use std::{collections::HashSet, sync::LazyLock};
 
 use sea_orm::{
     ActiveModelTrait, ConnectionTrait, DbBackend, EntityTrait, IdenStatic, Iterable, Statement,
@@ -21,7 +22,7 @@ use sea_orm::{
 use super::{
     callbacks::delivery_row,
     counters::{counter_upsert_ctes, created_task_counter_rows, next_shard, CounterRows},
-    entities::{callback_deliveries, task_tags},
+    entities::{callback_deliveries, idempotency_keys, task_tags},
     tasks::{to_active_model, to_json_text, BulkInserted},
     Store,
 };
@@ -31,15 +32,61 @@ use crate::{
 };
 
 /// `created` holds the ids the task insert returned; every other insert joins on it.
-static INSERT_NEW_TASKS: LazyLock<String> = LazyLock::new(|| {
+static INSERT_NEW_TASKS: LazyLock<String> = LazyLock::new(|| insert_new_tasks_sql(false));
+
+/// The same under Idempotency-Keys (`$7`: one claim per key, the key's row with its answer, and
+/// the id of the task it creates, if any). The claims are inserted first, and a key already
+/// stored (by an earlier request, expired or not, or by a concurrent one, whose commit the
+/// insert waits for) is skipped with its task: the statement returns the keys it claimed, and
+/// the caller sends the others down the transaction path, which reads what is stored. No look-up
+/// of the keys table: a join there was planned as a scan of the whole table once the plan
+/// cached while it was small. A claimed key's answer is its task, created: only a unique_id
+/// could refuse the task, and tasks with one take the transaction path.
+static INSERT_NEW_TASKS_UNDER_KEYS: LazyLock<String> = LazyLock::new(|| insert_new_tasks_sql(true));
+
+fn insert_new_tasks_sql(under_keys: bool) -> String {
+    let columns_of = |columns: Vec<String>, prefix: &str| {
+        columns
+            .iter()
+            .map(|column| format!("{prefix}{column}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let delivery_columns = callback_deliveries::Column::iter()
         .filter(|column| !matches!(column, callback_deliveries::Column::Id))
         .map(|column| column.as_str().to_owned())
         .collect::<Vec<_>>();
+    let key_columns = idempotency_keys::Column::iter()
+        .map(|column| column.as_str().to_owned())
+        .collect::<Vec<_>>();
+    let (claims, not_deferred, answer) = if under_keys {
+        (
+            format!(
+                "claims AS (\
+                   SELECT r.*, e ->> 'task_id' AS task_id \
+                   FROM json_array_elements($7::json) AS e, \
+                   json_populate_record(NULL::idempotency_keys, e) AS r\
+                 ), claimed AS (\
+                   INSERT INTO idempotency_keys ({columns}) SELECT {c_columns} FROM claims AS c \
+                   ORDER BY c.idempotency_key COLLATE \"C\" \
+                   ON CONFLICT DO NOTHING RETURNING idempotency_key\
+                 ), ",
+                columns = key_columns.join(", "),
+                c_columns = columns_of(key_columns.clone(), "c."),
+            ),
+            " WHERE NOT EXISTS (SELECT 1 FROM claims AS c WHERE c.task_id = t.task_id) \
+              OR t.task_id IN (SELECT c.task_id FROM claims AS c JOIN claimed USING (idempotency_key))",
+            "SELECT task_id, NULL AS idempotency_key FROM created \
+             UNION ALL SELECT NULL, idempotency_key FROM claimed"
+                .to_owned(),
+        )
+    } else {
+        (String::new(), "", "SELECT task_id FROM created".to_owned())
+    };
     format!(
-        "WITH created AS (\
-           INSERT INTO tasks SELECT * FROM json_populate_recordset(NULL::tasks, $1::json) \
-           ON CONFLICT DO NOTHING RETURNING task_id\
+        "WITH {claims}created AS (\
+           INSERT INTO tasks SELECT t.* FROM json_populate_recordset(NULL::tasks, $1::json) AS t\
+           {not_deferred} ON CONFLICT DO NOTHING RETURNING task_id\
          ), tag_rows AS (\
            INSERT INTO task_tags (task_id, tag, account_id, is_test) \
            SELECT r.task_id, r.tag, r.account_id, r.is_test \
@@ -53,17 +100,18 @@ static INSERT_NEW_TASKS: LazyLock<String> = LazyLock::new(|| {
            INSERT INTO task_change_log (xid, changes) \
            SELECT pg_current_xact_id()::text::bigint, string_agg('c' || task_id, ',' ORDER BY task_id) \
            FROM created HAVING COUNT(*) > 0 RETURNING 1\
-         ) \
-         SELECT task_id FROM created",
+         ) {answer}",
         columns = delivery_columns.join(", "),
-        r_columns = delivery_columns
-            .iter()
-            .map(|column| format!("r.{column}"))
-            .collect::<Vec<_>>()
-            .join(", "),
+        r_columns = columns_of(delivery_columns.clone(), "r."),
         counters = counter_upsert_ctes(CounterRows::PerCreatedTask, 4),
     )
-});
+}
+
+/// What the statement under keys did: the tasks it created and the keys it stored.
+pub(super) struct InsertedUnderKeys {
+    pub created: HashSet<String>,
+    pub claimed: HashSet<String>,
+}
 
 impl Store {
     /// Whether [`Store::insert_new_tasks_in_one_statement`] can take these tasks.
@@ -82,83 +130,141 @@ impl Store {
 
     /// Inserts new tasks (see the module): each is created, or refused because another task
     /// holds its unique_id. On the pool the statement commits them; in a transaction (creates
-    /// under Idempotency-Keys) they commit with it, change-log row included, and the caller
-    /// wakes the feed once it has committed.
+    /// under Idempotency-Keys that take the transaction path) they commit with it, change-log
+    /// row included, and the caller wakes the feed once it has committed.
     pub(super) async fn insert_new_tasks_in_one_statement(
         &self,
         db: &impl ConnectionTrait,
         items: &[(Task, Option<NewDelivery>)],
     ) -> Result<Vec<BulkInserted>> {
-        // Unique_id index entries are locked in one order by every writer.
-        let mut order: Vec<usize> = (0..items.len()).collect();
-        order.sort_by(|&a, &b| items[a].0.unique_id.cmp(&items[b].0.unique_id));
-        let mut task_rows = Vec::with_capacity(items.len());
-        let mut tag_rows = Vec::new();
-        let mut delivery_rows = Vec::new();
-        for &index in &order {
-            let (task, delivery) = &items[index];
-            task_rows.push(row_json(&to_active_model(task)?)?);
-            for tag in task.tags.iter().flatten() {
-                tag_rows.push(row_json(&task_tags::ActiveModel {
-                    task_id: sea_orm::Set(task.id.to_string()),
-                    tag: sea_orm::Set(tag.clone()),
-                    account_id: sea_orm::Set(task.scope.account_id),
-                    is_test: sea_orm::Set(task.scope.is_test),
-                })?);
-            }
-            if let Some(delivery) = delivery {
-                delivery_rows.push(row_json(&delivery_row(delivery)?)?);
-            }
-        }
-        let [totals, hours, tags] =
-            created_task_counter_rows(items.iter().map(|(task, _)| task), next_shard())?;
         let rows = db
             .query_all(Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 INSERT_NEW_TASKS.as_str(),
-                [
-                    to_json_text(&task_rows)?.into(),
-                    to_json_text(&tag_rows)?.into(),
-                    to_json_text(&delivery_rows)?.into(),
-                    totals.into(),
-                    hours.into(),
-                    tags.into(),
-                ],
+                new_task_values(items)?,
             ))
             .await?;
         let created = rows
             .iter()
             .map(|row| row.try_get::<String>("", "task_id"))
-            .collect::<Result<std::collections::HashSet<String>, _>>()?;
+            .collect::<Result<HashSet<String>, _>>()?;
         if !created.is_empty() {
             self.change_log_written.notify_one();
         }
-        let mut outcomes = Vec::with_capacity(items.len());
-        for (task, _) in items {
-            if created.contains(task.id.as_str()) {
-                outcomes.push(BulkInserted::Created);
-                continue;
-            }
-            let Some(unique_id) = &task.unique_id else {
-                // Only a unique_id can conflict; a task id collision would be a bug.
-                tracing::error!(task_id = %task.id, "a task without unique_id was not inserted");
-                return Err(Error::Internal);
-            };
-            // Committed before, or written by this statement (seen on `db`): the holder is there
-            // to find, unless it let go of the unique_id meanwhile, and then a retry succeeds.
-            // On the pool the group is committed by now, so a failed look-up must not fail the
-            // tasks that were created.
-            let holder = super::tasks::find_task_id_by_unique_id(db, task.scope, unique_id)
-                .await
-                .unwrap_or_else(|err| {
-                    tracing::warn!(error = %err, "looking up a unique_id's holder failed");
-                    None
-                })
-                .unwrap_or_default();
-            outcomes.push(BulkInserted::Duplicate { holder });
-        }
-        Ok(outcomes)
+        unique_id_outcomes(db, items.iter().map(|(task, _)| task), &created).await
     }
+
+    /// Inserts new tasks and stores their keys' answers, in one statement on the pool (see
+    /// [`INSERT_NEW_TASKS_UNDER_KEYS`]): `claims` are the keys' rows, each with the id of the
+    /// task it creates, if any.
+    pub(super) async fn insert_new_tasks_under_keys(
+        &self,
+        items: &[(Task, Option<NewDelivery>)],
+        claims: &[(idempotency_keys::ActiveModel, Option<String>)],
+    ) -> Result<InsertedUnderKeys> {
+        let mut values = new_task_values(items)?;
+        let mut claim_rows = Vec::with_capacity(claims.len());
+        for (record, task_id) in claims {
+            let mut row = row_json(record)?;
+            row.insert("task_id".to_owned(), task_id.clone().into());
+            claim_rows.push(row);
+        }
+        values.push(to_json_text(&claim_rows)?.into());
+        let rows = self
+            .db
+            .query_all(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                INSERT_NEW_TASKS_UNDER_KEYS.as_str(),
+                values,
+            ))
+            .await?;
+        let mut inserted = InsertedUnderKeys {
+            created: HashSet::new(),
+            claimed: HashSet::new(),
+        };
+        for row in &rows {
+            if let Some(task_id) = row.try_get::<Option<String>>("", "task_id")? {
+                inserted.created.insert(task_id);
+            }
+            if let Some(key) = row.try_get::<Option<String>>("", "idempotency_key")? {
+                inserted.claimed.insert(key);
+            }
+        }
+        if !inserted.created.is_empty() {
+            self.change_log_written.notify_one();
+        }
+        Ok(inserted)
+    }
+}
+
+/// `$1` to `$6` of the statements: the tasks, their tag rows, their callback deliveries and
+/// their counter rows.
+fn new_task_values(items: &[(Task, Option<NewDelivery>)]) -> Result<Vec<Value>> {
+    // Unique_id index entries are locked in one order by every writer.
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by(|&a, &b| items[a].0.unique_id.cmp(&items[b].0.unique_id));
+    let mut task_rows = Vec::with_capacity(items.len());
+    let mut tag_rows = Vec::new();
+    let mut delivery_rows = Vec::new();
+    for &index in &order {
+        let (task, delivery) = &items[index];
+        task_rows.push(row_json(&to_active_model(task)?)?);
+        for tag in task.tags.iter().flatten() {
+            tag_rows.push(row_json(&task_tags::ActiveModel {
+                task_id: sea_orm::Set(task.id.to_string()),
+                tag: sea_orm::Set(tag.clone()),
+                account_id: sea_orm::Set(task.scope.account_id),
+                is_test: sea_orm::Set(task.scope.is_test),
+            })?);
+        }
+        if let Some(delivery) = delivery {
+            delivery_rows.push(row_json(&delivery_row(delivery)?)?);
+        }
+    }
+    let [totals, hours, tags] =
+        created_task_counter_rows(items.iter().map(|(task, _)| task), next_shard())?;
+    Ok(vec![
+        to_json_text(&task_rows)?.into(),
+        to_json_text(&tag_rows)?.into(),
+        to_json_text(&delivery_rows)?.into(),
+        totals.into(),
+        hours.into(),
+        tags.into(),
+    ])
+}
+
+/// Each task's outcome: created if its id is in `created`, otherwise refused for its
+/// unique_id, with the holder's id.
+pub(super) async fn unique_id_outcomes<'a>(
+    db: &impl ConnectionTrait,
+    tasks: impl Iterator<Item = &'a Task>,
+    created: &HashSet<String>,
+) -> Result<Vec<BulkInserted>> {
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        if created.contains(task.id.as_str()) {
+            outcomes.push(BulkInserted::Created);
+            continue;
+        }
+        let Some(unique_id) = &task.unique_id else {
+            // Only a unique_id can conflict; a task id collision would be a bug.
+            tracing::error!(task_id = %task.id, "a task without unique_id was not inserted");
+            return Err(Error::Internal);
+        };
+        // Committed before, or written by this statement (seen on `db`): the holder is there
+        // to find, unless it let go of the unique_id meanwhile, and then a retry succeeds.
+        // On the pool the group is committed by now, so a failed look-up must not fail the
+        // tasks that were created.
+        let holder = super::tasks::find_task_id_by_unique_id(db, task.scope, unique_id)
+            .await
+            .unwrap_or_else(|err| {
+                tracing::warn!(error = %err, "looking up a unique_id's holder failed");
+                None
+            })
+            .unwrap_or_default();
+        outcomes.push(BulkInserted::Duplicate { holder });
+    }
+    Ok(outcomes)
 }
 
 /// A row as a JSON object of its set columns, for `json_populate_recordset` (a text column

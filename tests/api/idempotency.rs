@@ -290,7 +290,62 @@ async fn fifty_concurrent_identical_requests_create_exactly_one_task(app: TestAp
     fire_concurrent_identical_requests(&app, &base_urls, 50).await;
 }
 
+/// Keyed creations that replay, keyed ones that create and unkeyed ones, all at once, so that
+/// groups mix them: each replay is its key's first answer, and each other request makes its
+/// task and (under a key) stores its answer.
+async fn replays_new_keys_and_unkeyed_creates_in_one_burst_each_get_their_own_answer(app: TestApp) {
+    const EACH: usize = 20;
+    let body = |i: usize| image_body(&format!("https://e.com/{}.png", i % EACH));
+    let mut first_answers = Vec::new();
+    for i in 0..EACH {
+        let (status, _, first) =
+            create_with_key(&app, &app.api_key, &format!("used-{i}"), &body(i)).await;
+        assert_eq!(status, StatusCode::OK, "{first}");
+        first_answers.push(first);
+    }
+    let send = |i: usize| {
+        let mut request = app
+            .request(Method::POST, "/v1/task/imageannotation")
+            .json(&body(i));
+        match i / EACH {
+            0 => request = request.header("Idempotency-Key", format!("used-{i}")),
+            1 => request = request.header("Idempotency-Key", format!("new-{i}")),
+            _ => {}
+        }
+        request.send()
+    };
+    let answers = join_all((0..3 * EACH).map(send)).await;
+    let mut created = std::collections::HashSet::new();
+    for (i, answer) in answers.into_iter().enumerate() {
+        let answer = answer.expect("sent");
+        let status = answer.status();
+        let replayed = answer
+            .headers()
+            .get("idempotent-replayed")
+            .map(|value| value.to_str().unwrap_or_default().to_owned());
+        let text = answer.text().await.expect("body");
+        assert_eq!(status, StatusCode::OK, "{text}");
+        if i < EACH {
+            assert_eq!(replayed.as_deref(), Some("true"), "request {i}");
+            assert_eq!(text, first_answers[i], "request {i}");
+            continue;
+        }
+        assert_eq!(replayed, None, "request {i} was replayed");
+        let task: Value = serde_json::from_str(&text).expect("json");
+        created.insert(task["task_id"].as_str().expect("task_id").to_owned());
+    }
+    assert_eq!(created.len(), 2 * EACH);
+    for i in EACH..2 * EACH {
+        let key = format!("new-{i}");
+        let (status, replayed, _) = create_with_key(&app, &app.api_key, &key, &body(i)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(replayed.as_deref(), Some("true"), "{key} was not stored");
+    }
+    assert_eq!(total_tasks(&app).await, 3 * EACH as u64);
+}
+
 backend_tests!(
+    replays_new_keys_and_unkeyed_creates_in_one_burst_each_get_their_own_answer,
     a_replay_returns_the_stored_response_byte_for_byte_and_creates_nothing,
     key_order_and_whitespace_do_not_change_the_fingerprint,
     the_same_key_with_other_parameters_is_a_conflict,
@@ -464,4 +519,53 @@ async fn sqlite_keys_expire_after_their_ttl_and_are_swept() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_keys_expire_after_their_ttl_and_are_swept() {
     keys_expire_after_their_ttl_and_are_swept(Backend::Postgres).await;
+}
+
+/// A key past its time to live but not swept yet is taken by the next request as if it were
+/// new (on PostgreSQL this is the path where the one-statement create gives way to the
+/// transaction, which deletes the expired row first).
+async fn an_expired_key_not_yet_swept_is_taken_by_the_next_request(backend: Backend) {
+    let Some(app) = TestApp::spawn_with(backend, |config| {
+        config.idempotency_ttl = Duration::from_millis(500);
+        config.sweep_interval = Duration::from_secs(3600);
+    })
+    .await
+    else {
+        return;
+    };
+    let (status, _, first) = create_with_key(
+        &app,
+        &app.api_key,
+        "reused",
+        &image_body("https://e.com/1.png"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(idempotency_rows(&app).await, 1, "not swept");
+
+    let second_body = image_body("https://e.com/2.png");
+    let (status, replayed, second) =
+        create_with_key(&app, &app.api_key, "reused", &second_body).await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    assert_eq!(replayed, None);
+    assert_ne!(first, second);
+    // The new answer is the one stored.
+    let (status, replayed, third) =
+        create_with_key(&app, &app.api_key, "reused", &second_body).await;
+    assert_eq!(status, StatusCode::OK, "{third}");
+    assert_eq!(replayed.as_deref(), Some("true"));
+    assert_eq!(third, second);
+    assert_eq!(total_tasks(&app).await, 2);
+    assert_eq!(idempotency_rows(&app).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_an_expired_key_not_yet_swept_is_taken_by_the_next_request() {
+    an_expired_key_not_yet_swept_is_taken_by_the_next_request(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_an_expired_key_not_yet_swept_is_taken_by_the_next_request() {
+    an_expired_key_not_yet_swept_is_taken_by_the_next_request(Backend::Postgres).await;
 }
