@@ -10,6 +10,95 @@ use crate::{
     service::{BatchPage, TaskPage},
 };
 
+/// A stored JSON object's text read straight into a `Struct`: one pass, no `serde_json::Value`
+/// tree built and then copied (a page of 100 tasks renders 200 of these).
+pub fn object_text_to_struct(text: &str) -> Struct {
+    match serde_json::from_str::<ProtoValue>(text) {
+        Ok(ProtoValue(prost_types::Value {
+            kind: Some(Kind::StructValue(object)),
+        })) => object,
+        Ok(_) => {
+            tracing::error!("a checked JSON object is not an object");
+            Struct::default()
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "a checked JSON object failed to parse");
+            Struct::default()
+        }
+    }
+}
+
+/// A `prost_types::Value` deserialized from JSON as `json_to_value` converts it.
+struct ProtoValue(prost_types::Value);
+
+impl<'de> serde::Deserialize<'de> for ProtoValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_any(ProtoValueVisitor)
+            .map(ProtoValue)
+    }
+}
+
+struct ProtoValueVisitor;
+
+impl ProtoValueVisitor {
+    fn of(kind: Kind) -> prost_types::Value {
+        prost_types::Value { kind: Some(kind) }
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ProtoValueVisitor {
+    type Value = prost_types::Value;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("a JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Self::of(Kind::NullValue(0)))
+    }
+
+    fn visit_bool<E>(self, flag: bool) -> Result<Self::Value, E> {
+        Ok(Self::of(Kind::BoolValue(flag)))
+    }
+
+    fn visit_i64<E>(self, number: i64) -> Result<Self::Value, E> {
+        Ok(Self::of(Kind::NumberValue(number as f64)))
+    }
+
+    fn visit_u64<E>(self, number: u64) -> Result<Self::Value, E> {
+        Ok(Self::of(Kind::NumberValue(number as f64)))
+    }
+
+    fn visit_f64<E>(self, number: f64) -> Result<Self::Value, E> {
+        Ok(Self::of(Kind::NumberValue(number)))
+    }
+
+    fn visit_str<E>(self, text: &str) -> Result<Self::Value, E> {
+        Ok(Self::of(Kind::StringValue(text.to_owned())))
+    }
+
+    fn visit_string<E>(self, text: String) -> Result<Self::Value, E> {
+        Ok(Self::of(Kind::StringValue(text)))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut values = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(ProtoValue(value)) = seq.next_element()? {
+            values.push(value);
+        }
+        Ok(Self::of(Kind::ListValue(ListValue { values })))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut fields = std::collections::BTreeMap::new();
+        while let Some((key, ProtoValue(value))) = map.next_entry::<String, ProtoValue>()? {
+            fields.insert(key, value);
+        }
+        Ok(Self::of(Kind::StructValue(Struct { fields })))
+    }
+}
+
 pub fn json_to_struct(map: &Map<String, Value>) -> Struct {
     Struct {
         fields: map
@@ -128,9 +217,9 @@ pub fn task(task: Task) -> proto::Task {
         r#type: task.task_type,
         status: status(task.status).into(),
         instruction: task.instruction,
-        params: Some(json_to_struct(&task.params.to_map())),
+        params: Some(object_text_to_struct(task.params.as_str())),
         callback_url: task.callback_url,
-        metadata: Some(json_to_struct(&task.metadata.to_map())),
+        metadata: Some(object_text_to_struct(task.metadata.as_str())),
         unique_id: task.unique_id,
         tags: task.tags.unwrap_or_default(),
         project: task.project,
@@ -160,7 +249,7 @@ fn limited_task(task: Task) -> proto::Task {
     proto::Task {
         task_id: task.id.into_string(),
         status: status(task.status).into(),
-        metadata: Some(json_to_struct(&task.metadata.to_map())),
+        metadata: Some(object_text_to_struct(task.metadata.as_str())),
         project: task.project,
         ..Default::default()
     }
@@ -258,6 +347,21 @@ pub fn batch_counts(batch: &Batch, counts: BatchCounts) -> proto::GetBatchStatus
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_stored_object_reads_into_the_struct_its_value_converts_to() {
+        let original = json!({
+            "a": 3, "b": 1.5, "c": [true, null, "x", {"y": []}], "d": {"e": -7, "f": "é\n"},
+            "big": 18446744073709551615u64, "neg": -9007199254740993i64, "z": {}
+        });
+        let map = original.as_object().unwrap();
+        assert_eq!(
+            object_text_to_struct(&original.to_string()),
+            json_to_struct(map)
+        );
+        assert_eq!(object_text_to_struct("[1]"), Struct::default());
+        assert_eq!(object_text_to_struct("{"), Struct::default());
+    }
 
     #[test]
     fn json_survives_a_trip_through_struct() {
