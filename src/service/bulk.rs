@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use super::{
     auth::require_admin,
-    idempotency::{canonical, count_refusal, count_replay, IMPORT_TASKS},
+    idempotency::{count_refusal, count_replay, CanonicalMap, IMPORT_TASKS},
     projects::Placement,
     tasks::check_filter,
     Service,
@@ -88,15 +88,17 @@ impl Default for ImportFingerprint {
 
 impl ImportFingerprint {
     pub fn add(&mut self, item: &ImportItem) {
-        let text = match &item.request {
-            Ok((task_type, fields)) => Value::Array(vec![
-                Value::String(task_type.clone()),
-                canonical(&Value::Object(fields.clone())),
-            ])
-            .to_string(),
-            Err(err) => format!("error: {err}"),
-        };
-        self.0.update(text.as_bytes());
+        match &item.request {
+            Ok((task_type, fields)) => {
+                // `[TYPE,BODY]`, keys sorted, as compact JSON.
+                if let Err(err) =
+                    serde_json::to_writer(&mut self.0, &(task_type, CanonicalMap(fields)))
+                {
+                    tracing::error!(error = %err, "fingerprinting an import line failed");
+                }
+            }
+            Err(err) => self.0.update(format!("error: {err}").as_bytes()),
+        }
         self.0.update(b"\n");
     }
 

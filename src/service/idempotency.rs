@@ -5,6 +5,7 @@ use std::{
     sync::{Mutex, PoisonError},
 };
 
+use serde::{Serialize, Serializer};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -158,30 +159,48 @@ impl Service {
 }
 
 /// SHA-256 of the request's method, path and body with keys sorted, so key order and
-/// whitespace do not matter and REST, form and gRPC forms of one request agree.
+/// whitespace do not matter and REST, form and gRPC forms of one request agree. The hashed
+/// bytes are those of `["POST","/v1/task/TYPE",BODY]` in compact JSON, keys sorted (stored
+/// fingerprints depend on them), written straight into the hash.
 fn fingerprint(task_type: &str, fields: &Map<String, Value>) -> String {
-    let canonical = Value::Array(vec![
-        Value::String("POST".to_owned()),
-        Value::String(format!("/v1/task/{task_type}")),
-        canonical(&Value::Object(fields.clone())),
-    ]);
-    hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+    let mut hasher = Sha256::new();
+    let request = (
+        "POST",
+        format!("/v1/task/{task_type}"),
+        CanonicalMap(fields),
+    );
+    if let Err(err) = serde_json::to_writer(&mut hasher, &request) {
+        // Writing into a hash cannot fail, nor can serialising JSON values.
+        tracing::error!(error = %err, "fingerprinting a request failed");
+    }
+    hex::encode(hasher.finalize())
 }
 
-pub(super) fn canonical(value: &Value) -> Value {
-    match value {
-        Value::Object(map) => {
-            let mut entries: Vec<_> = map.iter().collect();
-            entries.sort_by(|a, b| a.0.cmp(b.0));
-            Value::Object(
-                entries
-                    .into_iter()
-                    .map(|(key, value)| (key.clone(), canonical(value)))
-                    .collect(),
-            )
+/// A JSON value serialized with every object's keys sorted, without copying it.
+pub(super) struct Canonical<'a>(pub &'a Value);
+
+/// A JSON object serialized with its keys (and its values' keys) sorted.
+pub(super) struct CanonicalMap<'a>(pub &'a Map<String, Value>);
+
+impl Serialize for Canonical<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Value::Object(map) => CanonicalMap(map).serialize(serializer),
+            Value::Array(items) => serializer.collect_seq(items.iter().map(Canonical)),
+            other => other.serialize(serializer),
         }
-        Value::Array(items) => Value::Array(items.iter().map(canonical).collect()),
-        other => other.clone(),
+    }
+}
+
+impl Serialize for CanonicalMap<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut entries: Vec<_> = self.0.iter().collect();
+        entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        serializer.collect_map(
+            entries
+                .into_iter()
+                .map(|(key, value)| (key, Canonical(value))),
+        )
     }
 }
 
@@ -192,6 +211,55 @@ mod tests {
 
     fn fields(value: Value) -> Map<String, Value> {
         value.as_object().cloned().unwrap_or_default()
+    }
+
+    /// The canonical form as first stored: a sorted copy, printed.
+    fn sorted_copy(value: &Value) -> Value {
+        match value {
+            Value::Object(map) => {
+                let mut entries: Vec<_> = map.iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(b.0));
+                Value::Object(
+                    entries
+                        .into_iter()
+                        .map(|(key, value)| (key.clone(), sorted_copy(value)))
+                        .collect(),
+                )
+            }
+            Value::Array(items) => Value::Array(items.iter().map(sorted_copy).collect()),
+            other => other.clone(),
+        }
+    }
+
+    #[test]
+    fn fingerprints_hash_the_bytes_stored_keys_were_fingerprinted_with() {
+        let body = fields(json!({
+            "z": [{"b": 1, "a": [3, {"y": null, "x": "é\"\n"}]}], "a": 1.5, "m": -7,
+            "big": 18446744073709551615u64, "t": true, "o": {}
+        }));
+        let stored = Value::Array(vec![
+            Value::String("POST".to_owned()),
+            Value::String("/v1/task/imageannotation".to_owned()),
+            sorted_copy(&Value::Object(body.clone())),
+        ])
+        .to_string();
+        assert_eq!(
+            fingerprint("imageannotation", &body),
+            hex::encode(Sha256::digest(stored.as_bytes()))
+        );
+        assert_eq!(
+            serde_json::to_string(&Canonical(&Value::Object(body.clone()))).unwrap(),
+            sorted_copy(&Value::Object(body.clone())).to_string()
+        );
+        // An import line's form.
+        assert_eq!(
+            serde_json::to_string(&("imageannotation", CanonicalMap(&body))).unwrap(),
+            Value::Array(vec![
+                Value::String("imageannotation".to_owned()),
+                sorted_copy(&Value::Object(body)),
+            ])
+            .to_string()
+        );
     }
 
     #[test]
