@@ -466,24 +466,53 @@ async fn idempotency_rows(app: &TestApp) -> i64 {
     rows
 }
 
-async fn keys_expire_after_their_ttl_and_are_swept(backend: Backend) {
-    let Some(app) = TestApp::spawn_with(backend, |config| {
-        config.idempotency_ttl = Duration::from_secs(1);
-        config.sweep_interval = Duration::from_millis(100);
+/// A server whose keys live `ttl` and are swept every `sweep_interval`, and the answer to a first
+/// request under `key`.
+async fn first_answer_with_short_lived_keys(
+    backend: Backend,
+    ttl: Duration,
+    sweep_interval: Duration,
+    key: &str,
+) -> Option<(TestApp, String)> {
+    let app = TestApp::spawn_with(backend, |config| {
+        config.idempotency_ttl = ttl;
+        config.sweep_interval = sweep_interval;
     })
+    .await?;
+    let (status, _, first) =
+        create_with_key(&app, &app.api_key, key, &image_body("https://e.com/1.png")).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(idempotency_rows(&app).await, 1, "the key is stored");
+    Some((app, first))
+}
+
+/// `key` has expired: a request with other parameters creates a second task, and its answer is
+/// the one stored from now on.
+async fn an_expired_key_is_free_again(app: &TestApp, key: &str, first: &str) {
+    let body = image_body("https://e.com/2.png");
+    let (status, replayed, second) = create_with_key(app, &app.api_key, key, &body).await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    assert_eq!(replayed, None);
+    assert_ne!(first, second);
+    let (status, replayed, third) = create_with_key(app, &app.api_key, key, &body).await;
+    assert_eq!(status, StatusCode::OK, "{third}");
+    assert_eq!(replayed.as_deref(), Some("true"));
+    assert_eq!(third, second);
+    assert_eq!(total_tasks(app).await, 2);
+    assert_eq!(idempotency_rows(app).await, 1, "stored again");
+}
+
+async fn keys_expire_after_their_ttl_and_are_swept(backend: Backend) {
+    let Some((app, first)) = first_answer_with_short_lived_keys(
+        backend,
+        Duration::from_secs(1),
+        Duration::from_millis(100),
+        "short-lived",
+    )
     .await
     else {
         return;
     };
-    let (status, _, first) = create_with_key(
-        &app,
-        &app.api_key,
-        "short-lived",
-        &image_body("https://e.com/1.png"),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{first}");
-    assert_eq!(idempotency_rows(&app).await, 1, "the key is stored");
 
     // The background sweeper deletes the row once it expires; nothing here sweeps. The
     // deadline only bounds the wait on a slow machine.
@@ -496,19 +525,7 @@ async fn keys_expire_after_their_ttl_and_are_swept(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // The key is free again, even for different parameters.
-    let (status, replayed, second) = create_with_key(
-        &app,
-        &app.api_key,
-        "short-lived",
-        &image_body("https://e.com/2.png"),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{second}");
-    assert_eq!(replayed, None);
-    assert_ne!(first, second);
-    assert_eq!(total_tasks(&app).await, 2);
-    assert_eq!(idempotency_rows(&app).await, 1, "stored again");
+    an_expired_key_is_free_again(&app, "short-lived", &first).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -525,39 +542,19 @@ async fn postgres_keys_expire_after_their_ttl_and_are_swept() {
 /// new (on PostgreSQL this is the path where the one-statement create gives way to the
 /// transaction, which deletes the expired row first).
 async fn an_expired_key_not_yet_swept_is_taken_by_the_next_request(backend: Backend) {
-    let Some(app) = TestApp::spawn_with(backend, |config| {
-        config.idempotency_ttl = Duration::from_millis(500);
-        config.sweep_interval = Duration::from_secs(3600);
-    })
+    let Some((app, first)) = first_answer_with_short_lived_keys(
+        backend,
+        Duration::from_millis(500),
+        Duration::from_secs(3600),
+        "reused",
+    )
     .await
     else {
         return;
     };
-    let (status, _, first) = create_with_key(
-        &app,
-        &app.api_key,
-        "reused",
-        &image_body("https://e.com/1.png"),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{first}");
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(idempotency_rows(&app).await, 1, "not swept");
-
-    let second_body = image_body("https://e.com/2.png");
-    let (status, replayed, second) =
-        create_with_key(&app, &app.api_key, "reused", &second_body).await;
-    assert_eq!(status, StatusCode::OK, "{second}");
-    assert_eq!(replayed, None);
-    assert_ne!(first, second);
-    // The new answer is the one stored.
-    let (status, replayed, third) =
-        create_with_key(&app, &app.api_key, "reused", &second_body).await;
-    assert_eq!(status, StatusCode::OK, "{third}");
-    assert_eq!(replayed.as_deref(), Some("true"));
-    assert_eq!(third, second);
-    assert_eq!(total_tasks(&app).await, 2);
-    assert_eq!(idempotency_rows(&app).await, 1);
+    an_expired_key_is_free_again(&app, "reused", &first).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
