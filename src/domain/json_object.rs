@@ -34,7 +34,8 @@ impl JsonObject {
         self.0.get()
     }
 
-    /// The object parsed, for the paths that need its entries (gRPC's `Struct`, callbacks).
+    /// The object parsed, for the paths that need its entries (REST's limited answer, callbacks);
+    /// gRPC reads the text straight into a `Struct`.
     pub fn to_map(&self) -> Map<String, Value> {
         serde_json::from_str(self.0.get()).unwrap_or_else(|err| {
             tracing::error!(error = %err, "a checked JSON object failed to parse");
