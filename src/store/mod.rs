@@ -79,18 +79,15 @@ impl Store {
     }
 
     async fn open(database_url: &str, pool: &DatabasePool) -> Result<Self, DbErr> {
-        let mut options = ConnectOptions::new(database_url.to_owned());
-        // sqlx opens a new connection within the acquire timeout, and pings an idle one
-        // before handing it out: an unreachable database fails a request after this, never
-        // hangs it, and a restarted one is picked up again without a restart of ours.
-        options
-            .acquire_timeout(pool.acquire_timeout)
-            .test_before_acquire(true)
-            .sqlx_logging(false);
-        if database_url.starts_with("sqlite:") {
+        let db = if database_url.starts_with("sqlite:") {
+            let mut options = ConnectOptions::new(database_url.to_owned());
             // One connection serialises SQLite writers: no SQLITE_BUSY on lock upgrades, and a
             // transaction sees exactly what it wrote. The scale-out backend is PostgreSQL.
+            // A file has no peer to lose: no liveness check before handing a connection out.
             options
+                .acquire_timeout(pool.acquire_timeout)
+                .test_before_acquire(false)
+                .sqlx_logging(false)
                 .max_connections(1)
                 .min_connections(1)
                 .map_sqlx_sqlite_opts(|sqlite| {
@@ -102,27 +99,20 @@ impl Store {
                         .foreign_keys(true)
                         .busy_timeout(Duration::from_secs(5))
                 });
+            Database::connect(options).await?
         } else {
-            let statement_timeout = pool.statement_timeout.as_millis().to_string();
-            options
-                .max_connections(pool.max_connections)
-                .min_connections(1)
-                // Server-side, per connection (a startup parameter, so every new connection
-                // in the pool has it): a runaway statement is cancelled, and answered 503.
-                .map_sqlx_postgres_opts(move |postgres| {
-                    postgres.options([("statement_timeout", statement_timeout.as_str())])
-                });
-        }
+            connect_postgres(database_url, pool).await?
+        };
         // An in-memory database exists only on its own connection: readers would see another.
         let separate_readers = database_url.starts_with("sqlite:")
             && !database_url.contains(":memory:")
             && !database_url.contains("mode=memory");
-        let db = Database::connect(options).await?;
         let read = if separate_readers {
             // Opened after the writer, which created the file and switched it to WAL.
             let mut readers = ConnectOptions::new(database_url.to_owned());
             readers
                 .acquire_timeout(pool.acquire_timeout)
+                .test_before_acquire(false)
                 .sqlx_logging(false)
                 .max_connections(SQLITE_READERS)
                 .min_connections(1)
@@ -197,6 +187,55 @@ impl Store {
             tracing::warn!(error = %err, "closing the database pool failed");
         }
     }
+}
+
+/// A connection idle for less than this is handed out without a liveness check (HikariCP's
+/// `aliveBypassWindowMs` is 500 ms): under load every query would otherwise cost two round
+/// trips. A connection that died within the window fails its one request fast (503, the
+/// client retries) and is then dropped; an older one is pinged, and replaced if dead.
+const TRUSTED_IDLE: Duration = Duration::from_millis(500);
+
+/// The PostgreSQL pool, built on sqlx directly: sea-orm's options can only ping every
+/// connection before every use, or never.
+async fn connect_postgres(
+    database_url: &str,
+    pool: &DatabasePool,
+) -> Result<DatabaseConnection, DbErr> {
+    use sea_orm::sqlx::{
+        postgres::{PgConnectOptions, PgPoolOptions},
+        ConnectOptions as _, Connection as _,
+    };
+    let as_db_err = |err| DbErr::Conn(sea_orm::RuntimeErr::SqlxError(err));
+    let statement_timeout = pool.statement_timeout.as_millis().to_string();
+    let connect = database_url
+        .parse::<PgConnectOptions>()
+        .map_err(as_db_err)?
+        .disable_statement_logging()
+        // Server-side, per connection (a startup parameter, so every new connection in the
+        // pool has it): a runaway statement is cancelled, and answered 503.
+        .options([("statement_timeout", statement_timeout.as_str())]);
+    // sqlx opens a new connection within the acquire timeout, and pings one idle past
+    // `TRUSTED_IDLE` before handing it out: an unreachable database fails a request after
+    // this, never hangs it, and a restarted one is picked up again without a restart of ours.
+    let sqlx_pool = PgPoolOptions::new()
+        .max_connections(pool.max_connections)
+        .min_connections(1)
+        .acquire_timeout(pool.acquire_timeout)
+        .test_before_acquire(false)
+        .before_acquire(|connection, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= TRUSTED_IDLE {
+                    connection.ping().await?;
+                }
+                Ok(true)
+            })
+        })
+        .connect_with(connect)
+        .await
+        .map_err(as_db_err)?;
+    Ok(sea_orm::SqlxPostgresConnector::from_sqlx_postgres_pool(
+        sqlx_pool,
+    ))
 }
 
 fn pool_stats(pool: &'static str, connection: &DatabaseConnection) -> PoolStats {

@@ -364,3 +364,46 @@ async fn a_grpc_call_without_a_database_is_unavailable() {
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert!(started.elapsed() < FAIL_FAST_BOUND);
 }
+
+/// A restarted PostgreSQL, a pooler or a firewall kills connections while they sit idle: the
+/// next request must not be the one to find out. A connection idle past the pool's trusted
+/// window is checked before use, and replaced if dead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_killed_while_idle_are_replaced_before_use() {
+    let Some(app) = TestApp::spawn(Backend::Postgres).await else {
+        return;
+    };
+    let (status, task) = app
+        .send(
+            app.http
+                .post(app.url("/v1/task/imageannotation"))
+                .basic_auth(&app.api_key, Some(""))
+                .json(&json!({"attachment": "https://e.com/a.png", "geometries": {"box": {}}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{task}");
+    let path = format!("/v1/task/{}", task["task_id"].as_str().expect("task_id"));
+    let reads = || futures_util::future::join_all((0..8).map(|_| async { app.get(&path).await.0 }));
+    // Several connections in the pool, then every one of them killed while idle.
+    assert!(reads().await.iter().all(|status| *status == StatusCode::OK));
+    let admin = sea_orm::Database::connect(&app.database_url)
+        .await
+        .expect("connect");
+    let killed = sea_orm::ConnectionTrait::query_all(
+        &admin,
+        sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        ),
+    )
+    .await
+    .expect("terminate");
+    assert!(!killed.is_empty(), "the server had connections to kill");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = reads().await;
+    assert!(
+        after.iter().all(|status| *status == StatusCode::OK),
+        "a request met a connection killed while idle: {after:?}"
+    );
+}
