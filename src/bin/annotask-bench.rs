@@ -395,24 +395,109 @@ async fn direct(database_url: &str) -> Result<DatabaseConnection, BoxError> {
     Ok(Database::connect(options).await?)
 }
 
+/// A value bound to a baseline statement.
+enum Bind {
+    Int(i64),
+    Text(String),
+}
+
+/// Baseline connections straight to the database, without a pool: sqlx's pool pings a
+/// connection when it goes back (and, by default, before it is handed out), round trips the
+/// database alone would not make (pgbench makes none).
+enum DirectConnection {
+    Postgres(sea_orm::sqlx::PgConnection),
+    Sqlite(sea_orm::sqlx::SqliteConnection),
+}
+
+impl DirectConnection {
+    async fn open(database_url: &str) -> Result<Self, BoxError> {
+        use sea_orm::sqlx::{
+            postgres::PgConnectOptions, sqlite::SqliteConnectOptions, ConnectOptions as _,
+        };
+        Ok(if database_url.starts_with("sqlite:") {
+            let options = database_url
+                .parse::<SqliteConnectOptions>()?
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(Duration::from_secs(30));
+            DirectConnection::Sqlite(options.connect().await?)
+        } else {
+            DirectConnection::Postgres(database_url.parse::<PgConnectOptions>()?.connect().await?)
+        })
+    }
+
+    /// Runs `sql` (PostgreSQL's `$N` placeholders) and reads every row it returns.
+    async fn run(&mut self, sql: &str, values: &[Bind]) -> Result<usize, BoxError> {
+        macro_rules! bound {
+            ($sql:expr) => {{
+                let mut query = sea_orm::sqlx::query($sql);
+                for value in values {
+                    query = match value {
+                        Bind::Int(n) => query.bind(*n),
+                        Bind::Text(text) => query.bind(text.clone()),
+                    };
+                }
+                query
+            }};
+        }
+        Ok(match self {
+            DirectConnection::Postgres(connection) => {
+                bound!(sql).fetch_all(&mut *connection).await?.len()
+            }
+            DirectConnection::Sqlite(connection) => {
+                let sql = question_marks(sql);
+                bound!(&sql).fetch_all(&mut *connection).await?.len()
+            }
+        })
+    }
+}
+
+/// `connections` direct connections shared by the workers (worker `w` uses `w % connections`).
+struct Direct(Vec<tokio::sync::Mutex<DirectConnection>>);
+
+impl Direct {
+    async fn open(database_url: &str, connections: usize) -> Result<Arc<Self>, BoxError> {
+        let mut opened = Vec::new();
+        for _ in 0..connections.max(1) {
+            opened.push(tokio::sync::Mutex::new(
+                DirectConnection::open(database_url).await?,
+            ));
+        }
+        Ok(Arc::new(Direct(opened)))
+    }
+
+    async fn run(&self, worker: usize, sql: &str, values: &[Bind]) -> Result<usize, BoxError> {
+        self.0[worker % self.0.len()]
+            .lock()
+            .await
+            .run(sql, values)
+            .await
+    }
+}
+
+/// PostgreSQL's `$N` placeholders, each used once and in order, as SQLite's `?`.
+fn question_marks(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('?');
+            while chars.peek().is_some_and(char::is_ascii_digit) {
+                chars.next();
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// A statement written with PostgreSQL's `$N` placeholders, each used once and in order;
 /// SQLite gets `?` in their place.
 fn statement(db: &DatabaseConnection, sql: &str, values: Vec<sea_orm::Value>) -> Statement {
     let backend = db.get_database_backend();
     let sql = if backend == DbBackend::Sqlite {
-        let mut out = String::with_capacity(sql.len());
-        let mut chars = sql.chars().peekable();
-        while let Some(c) = chars.next() {
-            if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
-                out.push('?');
-                while chars.peek().is_some_and(char::is_ascii_digit) {
-                    chars.next();
-                }
-            } else {
-                out.push(c);
-            }
-        }
-        out
+        question_marks(sql)
     } else {
         sql.to_owned()
     };
@@ -490,28 +575,38 @@ async fn bench_database(
     let params_text = image_task(0).to_string();
     let db = Arc::new(db);
     let counter = Arc::new(AtomicU64::new(0));
+    // One connection per worker, as pgbench's clients; SQLite's writes all go through one (its
+    // single writer), its reads through one per worker (WAL readers run side by side).
+    let sqlite = database_url.starts_with("sqlite:");
+    let writers = Direct::open(database_url, if sqlite { 1 } else { concurrency }).await?;
+    let readers = if sqlite {
+        Direct::open(database_url, concurrency).await?
+    } else {
+        writers.clone()
+    };
     eprintln!("  baseline: one insert per transaction");
     let insert_base = {
-        let (db, counter, params_text) = (db.clone(), counter.clone(), params_text.clone());
-        run(concurrency, warmup, duration, move |_, _| {
-            let (db, params_text) = (db.clone(), params_text.clone());
+        let (writers, counter, params_text) =
+            (writers.clone(), counter.clone(), params_text.clone());
+        run(concurrency, warmup, duration, move |w, _| {
+            let (writers, params_text) = (writers.clone(), params_text.clone());
             let n = counter.fetch_add(1, Ordering::Relaxed);
             async move {
-                let id = format!("{n:024x}");
                 let at = n as i64;
-                db.execute(statement(
-                    &db,
-                    insert_sql,
-                    vec![
-                        id.into(),
-                        account_id.into(),
-                        "Box".into(),
-                        params_text.into(),
-                        at.into(),
-                        at.into(),
-                    ],
-                ))
-                .await?;
+                writers
+                    .run(
+                        w,
+                        insert_sql,
+                        &[
+                            Bind::Text(format!("{n:024x}")),
+                            Bind::Int(account_id),
+                            Bind::Text("Box".to_owned()),
+                            Bind::Text(params_text),
+                            Bind::Int(at),
+                            Bind::Int(at),
+                        ],
+                    )
+                    .await?;
                 Ok(())
             }
         })
@@ -536,16 +631,20 @@ async fn bench_database(
 
     eprintln!("  baseline: primary-key select");
     let select_base = {
-        let (db, ids) = (db.clone(), ids.clone());
+        let (readers, ids) = (readers.clone(), ids.clone());
         run(concurrency, warmup, duration, move |w, n| {
-            let (db, id) = (db.clone(), ids[(w * 7 + n as usize) % ids.len()].clone());
+            let (readers, id) = (
+                readers.clone(),
+                ids[(w * 7 + n as usize) % ids.len()].clone(),
+            );
             async move {
-                db.query_one(statement(
-                    &db,
-                    "SELECT * FROM tasks WHERE task_id = $1 AND account_id = $2",
-                    vec![id.into(), account_id.into()],
-                ))
-                .await?;
+                readers
+                    .run(
+                        w,
+                        "SELECT * FROM tasks WHERE task_id = $1 AND account_id = $2",
+                        &[Bind::Text(id), Bind::Int(account_id)],
+                    )
+                    .await?;
                 Ok(())
             }
         })
@@ -554,17 +653,19 @@ async fn bench_database(
     };
     eprintln!("  baseline: keyset page of 100");
     let page_base = {
-        let db = db.clone();
-        run(concurrency, warmup, duration, move |_, _| {
-            let db = db.clone();
+        let readers = readers.clone();
+        run(concurrency, warmup, duration, move |w, _| {
+            let readers = readers.clone();
             async move {
-                db.query_all(statement(&db, "SELECT * FROM tasks WHERE account_id = $1 AND is_test = false ORDER BY created_at DESC, task_id DESC LIMIT 101", vec![account_id.into()])).await?;
+                readers.run(w, "SELECT * FROM tasks WHERE account_id = $1 AND is_test = false ORDER BY created_at DESC, task_id DESC LIMIT 101", &[Bind::Int(account_id)]).await?;
                 Ok(())
             }
         })
         .await
         .rate()
     };
+    // Closed before the scenarios, so the server has the database to itself.
+    drop((writers, readers));
 
     macro_rules! scenario {
         ($name:expr, $baseline:expr, $op:expr) => {{
