@@ -47,11 +47,12 @@ struct Args {
     /// Workers per scenario.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
-    /// Measured time per scenario.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    /// Measured time per scenario (5 s is thousands of samples even for the slowest scenario,
+    /// and keeps the whole default run near 10 minutes).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     duration: Duration,
     /// Unmeasured time before each scenario.
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     warmup: Duration,
     /// Tasks loaded in bulk (straight into the database) before the list scenarios.
     #[arg(long, default_value_t = 100_000)]
