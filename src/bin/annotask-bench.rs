@@ -467,6 +467,21 @@ impl Direct {
         Ok(Arc::new(Direct(opened)))
     }
 
+    /// Says goodbye to the database (a dropped connection would be logged as a lost client).
+    async fn close(self: Arc<Self>) -> Result<(), BoxError> {
+        use sea_orm::sqlx::Connection as _;
+        let Ok(direct) = Arc::try_unwrap(self) else {
+            return Ok(());
+        };
+        for connection in direct.0 {
+            match connection.into_inner() {
+                DirectConnection::Postgres(connection) => connection.close().await?,
+                DirectConnection::Sqlite(connection) => connection.close().await?,
+            }
+        }
+        Ok(())
+    }
+
     async fn run(&self, worker: usize, sql: &str, values: &[Bind]) -> Result<usize, BoxError> {
         self.0[worker % self.0.len()]
             .lock()
@@ -666,7 +681,8 @@ async fn bench_database(
         .rate()
     };
     // Closed before the scenarios, so the server has the database to itself.
-    drop((writers, readers));
+    readers.close().await?;
+    writers.close().await?;
 
     macro_rules! scenario {
         ($name:expr, $baseline:expr, $op:expr) => {{
