@@ -428,28 +428,29 @@ impl DirectConnection {
     }
 
     /// Runs `sql` (PostgreSQL's `$N` placeholders) and reads every row it returns.
-    async fn run(&mut self, sql: &str, values: &[Bind]) -> Result<usize, BoxError> {
+    async fn run(&mut self, sql: &str, values: &[Bind]) -> Result<(), BoxError> {
         macro_rules! bound {
             ($sql:expr) => {{
                 let mut query = sea_orm::sqlx::query($sql);
                 for value in values {
                     query = match value {
                         Bind::Int(n) => query.bind(*n),
-                        Bind::Text(text) => query.bind(text.clone()),
+                        Bind::Text(text) => query.bind(text.as_str()),
                     };
                 }
                 query
             }};
         }
-        Ok(match self {
+        match self {
             DirectConnection::Postgres(connection) => {
-                bound!(sql).fetch_all(&mut *connection).await?.len()
+                bound!(sql).fetch_all(&mut *connection).await?;
             }
             DirectConnection::Sqlite(connection) => {
                 let sql = question_marks(sql);
-                bound!(&sql).fetch_all(&mut *connection).await?.len()
+                bound!(&sql).fetch_all(&mut *connection).await?;
             }
-        })
+        }
+        Ok(())
     }
 }
 
@@ -482,7 +483,7 @@ impl Direct {
         Ok(())
     }
 
-    async fn run(&self, worker: usize, sql: &str, values: &[Bind]) -> Result<usize, BoxError> {
+    async fn run(&self, worker: usize, sql: &str, values: &[Bind]) -> Result<(), BoxError> {
         self.0[worker % self.0.len()]
             .lock()
             .await

@@ -177,7 +177,7 @@ fn fingerprint(task_type: &str, fields: &Map<String, Value>) -> String {
 }
 
 /// A JSON value serialized with every object's keys sorted, without copying it.
-pub(super) struct Canonical<'a>(pub &'a Value);
+struct Canonical<'a>(&'a Value);
 
 /// A JSON object serialized with its keys (and its values' keys) sorted.
 pub(super) struct CanonicalMap<'a>(pub &'a Map<String, Value>);
