@@ -12,6 +12,7 @@ mod error;
 mod idempotency;
 mod one_statement;
 mod projects;
+mod read_pool;
 mod tasks;
 mod work;
 
@@ -28,7 +29,10 @@ use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
-    sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
+    sqlx::{
+        sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
+        ConnectOptions as _,
+    },
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
     TransactionTrait,
 };
@@ -42,12 +46,15 @@ use crate::{
 pub struct Store {
     /// Every write, and reads that must see a transaction's own writes.
     db: DatabaseConnection,
-    /// Plain reads. On SQLite, read-only connections beside the one writer, so a read never
-    /// waits behind another request's fsync (WAL lets readers and the writer run together);
-    /// on PostgreSQL, the same pool.
-    read: DatabaseConnection,
-    /// Whether `read` is a pool of its own (to close), or `db` again.
-    separate_readers: bool,
+    /// Plain reads, on a pool of their own (no ping each time a connection goes back). On
+    /// SQLite, read-only connections beside the one writer, so a read never waits behind
+    /// another request's fsync (WAL lets readers and the writer run together).
+    read: read_pool::ReadPool,
+    /// Read-only transactions that must see one snapshot (a list with a counted total, an
+    /// export). SQLite: read-only connections of their own; PostgreSQL: `db`.
+    snapshots: DatabaseConnection,
+    /// Whether `snapshots` is a pool of its own (to close), or `db` again.
+    separate_snapshots: bool,
     /// SQLite's task change feed (PostgreSQL's is the `task_change_log` table).
     local_changes: changes::LocalChanges,
     /// Signalled after this process commits a change-log row, to wake its feed's reader.
@@ -56,7 +63,8 @@ pub struct Store {
 
 /// How one connection pool is used at a moment, for `/metrics`.
 pub struct PoolStats {
-    /// `write` (every write; on PostgreSQL, reads too) or `read` (SQLite's readers).
+    /// `write` (every write), `read` (plain reads) or `snapshot` (SQLite's read transactions;
+    /// on PostgreSQL they use `write`).
     pub pool: &'static str,
     pub idle: u32,
     pub in_use: u32,
@@ -79,7 +87,7 @@ impl Store {
     }
 
     async fn open(database_url: &str, pool: &DatabasePool) -> Result<Self, DbErr> {
-        let db = if database_url.starts_with("sqlite:") {
+        let (db, postgres) = if database_url.starts_with("sqlite:") {
             let mut options = ConnectOptions::new(database_url.to_owned());
             // One connection serialises SQLite writers: no SQLITE_BUSY on lock upgrades, and a
             // transaction sees exactly what it wrote. The scale-out backend is PostgreSQL.
@@ -99,16 +107,34 @@ impl Store {
                         .foreign_keys(true)
                         .busy_timeout(Duration::from_secs(5))
                 });
-            Database::connect(options).await?
+            (Database::connect(options).await?, None)
         } else {
-            connect_postgres(database_url, pool).await?
+            // The configured connections are shared: half for plain reads, the rest (the odd
+            // one too) for writes and read transactions. With one, reads use the writer's.
+            let readers = pool.max_connections / 2;
+            let writers = pool.max_connections - readers;
+            let (db, connect) = connect_postgres(database_url, writers, pool).await?;
+            (db, (readers > 0).then_some((connect, readers)))
         };
         // An in-memory database exists only on its own connection: readers would see another.
         let separate_readers = database_url.starts_with("sqlite:")
             && !database_url.contains(":memory:")
             && !database_url.contains("mode=memory");
-        let read = if separate_readers {
-            // Opened after the writer, which created the file and switched it to WAL.
+        // SQLite's readers are opened after the writer, which created the file and set WAL.
+        let read = if let Some((connect, readers)) = postgres {
+            read_pool::ReadPool::postgres(connect, readers, pool.acquire_timeout).await?
+        } else if separate_readers {
+            let readers = database_url
+                .parse::<SqliteConnectOptions>()
+                .map_err(|err| DbErr::Conn(sea_orm::RuntimeErr::SqlxError(err)))?
+                .read_only(true)
+                .busy_timeout(Duration::from_secs(5))
+                .disable_statement_logging();
+            read_pool::ReadPool::sqlite(readers, SQLITE_READERS, pool.acquire_timeout).await?
+        } else {
+            read_pool::ReadPool::writer(db.clone())
+        };
+        let snapshots = if separate_readers {
             let mut readers = ConnectOptions::new(database_url.to_owned());
             readers
                 .acquire_timeout(pool.acquire_timeout)
@@ -126,7 +152,8 @@ impl Store {
         Ok(Store {
             db,
             read,
-            separate_readers,
+            snapshots,
+            separate_snapshots: separate_readers,
             local_changes: changes::LocalChanges::new(),
             change_log_written: Default::default(),
         })
@@ -168,19 +195,21 @@ impl Store {
         }
     }
 
-    /// The writer pool, and the separate reader pool if there is one (else `read` is `db`).
+    /// The writer pool, and the read and snapshot pools where they are pools of their own.
     pub fn pool_stats(&self) -> Vec<PoolStats> {
         let mut stats = vec![pool_stats("write", &self.db)];
-        if self.separate_readers {
-            stats.push(pool_stats("read", &self.read));
+        stats.extend(self.read.stats());
+        if self.separate_snapshots {
+            stats.push(pool_stats("snapshot", &self.snapshots));
         }
         stats
     }
 
     pub async fn close(self) {
-        if self.separate_readers {
-            if let Err(err) = self.read.close().await {
-                tracing::warn!(error = %err, "closing the read pool failed");
+        self.read.close().await;
+        if self.separate_snapshots {
+            if let Err(err) = self.snapshots.close().await {
+                tracing::warn!(error = %err, "closing the snapshot pool failed");
             }
         }
         if let Err(err) = self.db.close().await {
@@ -197,10 +226,18 @@ const TRUSTED_IDLE: Duration = Duration::from_millis(500);
 
 /// The PostgreSQL pool, built on sqlx directly: sea-orm's options can only ping every
 /// connection before every use, or never.
+/// Also returns the connect options, for the read pool's connections.
 async fn connect_postgres(
     database_url: &str,
+    max_connections: u32,
     pool: &DatabasePool,
-) -> Result<DatabaseConnection, DbErr> {
+) -> Result<
+    (
+        DatabaseConnection,
+        sea_orm::sqlx::postgres::PgConnectOptions,
+    ),
+    DbErr,
+> {
     use sea_orm::sqlx::{
         postgres::{PgConnectOptions, PgPoolOptions},
         ConnectOptions as _, Connection as _,
@@ -218,7 +255,7 @@ async fn connect_postgres(
     // `TRUSTED_IDLE` before handing it out: an unreachable database fails a request after
     // this, never hangs it, and a restarted one is picked up again without a restart of ours.
     let sqlx_pool = PgPoolOptions::new()
-        .max_connections(pool.max_connections)
+        .max_connections(max_connections)
         .min_connections(1)
         .acquire_timeout(pool.acquire_timeout)
         .test_before_acquire(false)
@@ -230,11 +267,12 @@ async fn connect_postgres(
                 Ok(true)
             })
         })
-        .connect_with(connect)
+        .connect_with(connect.clone())
         .await
         .map_err(as_db_err)?;
-    Ok(sea_orm::SqlxPostgresConnector::from_sqlx_postgres_pool(
-        sqlx_pool,
+    Ok((
+        sea_orm::SqlxPostgresConnector::from_sqlx_postgres_pool(sqlx_pool),
+        connect,
     ))
 }
 

@@ -182,18 +182,18 @@ impl Store {
         Ok(Some((docs, count_of(total))))
     }
 
-    /// A read-only transaction on the read pool whose statements all see one snapshot:
+    /// A read-only transaction whose statements all see one snapshot:
     /// REPEATABLE READ on PostgreSQL; on SQLite (WAL) every read transaction is one.
     async fn begin_snapshot(&self) -> Result<DatabaseTransaction> {
         Ok(if self.is_postgres() {
-            self.read
+            self.snapshots
                 .begin_with_config(
                     Some(sea_orm::IsolationLevel::RepeatableRead),
                     Some(sea_orm::AccessMode::ReadOnly),
                 )
                 .await?
         } else {
-            self.read.begin().await?
+            self.snapshots.begin().await?
         })
     }
 
