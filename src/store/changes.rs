@@ -18,7 +18,7 @@ use sea_orm::{
 };
 use tokio::sync::{broadcast, Notify};
 
-use super::{entities::tasks, tasks::from_model, Store};
+use super::{entities::tasks, tasks::TaskRow, Store};
 use crate::{
     domain::{Task, TaskStatus},
     error::{Error, Result},
@@ -326,10 +326,11 @@ impl Store {
         for chunk in ids.chunks(IDS_PER_QUERY) {
             let rows = tasks::Entity::find()
                 .filter(tasks::Column::TaskId.is_in(chunk.iter().cloned()))
+                .into_model::<TaskRow>()
                 .all(&self.read)
                 .await?;
             for row in rows {
-                found.push(from_model(row)?);
+                found.push(row.into_task()?);
             }
         }
         Ok(found)
