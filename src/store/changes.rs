@@ -13,12 +13,15 @@ use std::{
 };
 
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, QueryFilter,
-    Statement,
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, QueryFilter, Statement,
 };
 use tokio::sync::{broadcast, Notify};
 
-use super::{entities::tasks, tasks::TaskRow, Store};
+use super::{
+    entities::tasks,
+    tasks::{find_tasks, TaskRow},
+    Store,
+};
 use crate::{
     domain::{Task, TaskStatus},
     error::{Error, Result},
@@ -324,7 +327,7 @@ impl Store {
     pub async fn tasks_by_ids(&self, ids: &[String]) -> Result<Vec<Task>> {
         let mut found = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(IDS_PER_QUERY) {
-            let rows = tasks::Entity::find()
+            let rows = find_tasks()
                 .filter(tasks::Column::TaskId.is_in(chunk.iter().cloned()))
                 .into_model::<TaskRow>()
                 .all(&self.read)
