@@ -4,7 +4,7 @@ use std::sync::{LazyLock, OnceLock};
 
 use sea_orm::{
     sea_query::{Alias, Expr, Func, OnConflict, Query, SimpleExpr},
-    sqlx,
+    sqlx, ActiveModelTrait,
     ActiveValue::Set,
     ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait,
     FromQueryResult, Iden, Iterable, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
@@ -65,13 +65,26 @@ impl Store {
             txn.commit().await?;
             return Ok(task);
         }
-        // Not `Entity::update`, which reads the row back (RETURNING every column): the task
+        // Only the columns that changed (a metadata edit does not send the params again), and
+        // not `Entity::update`, which reads the row back (RETURNING every column): the task
         // written is the task in hand.
-        let updated = tasks::Entity::update_many()
-            .set(to_active_model(&task)?)
-            .filter(tasks::Column::TaskId.eq(id.as_str()))
-            .exec(&txn)
-            .await;
+        let mut changed = to_active_model(&task)?;
+        let unchanged = to_active_model(&before)?;
+        for column in tasks::Column::iter() {
+            if changed.get(column) == unchanged.get(column) {
+                changed.not_set(column);
+            }
+        }
+        let updated = if changed.is_changed() {
+            tasks::Entity::update_many()
+                .set(changed)
+                .filter(tasks::Column::TaskId.eq(id.as_str()))
+                .exec(&txn)
+                .await
+                .map(drop)
+        } else {
+            Ok(())
+        };
         if let Err(err) = updated {
             // PostgreSQL refuses further statements in a failed transaction: look up outside it.
             drop(txn);
