@@ -40,7 +40,7 @@ impl ReadPool {
         max_connections: u32,
         acquire_timeout: Duration,
     ) -> Result<Self, DbErr> {
-        let pool = build(options, max_connections, acquire_timeout).await?;
+        let pool = build(options, true, max_connections, acquire_timeout).await?;
         Ok(ReadPool {
             backend: Backend::Postgres(pool),
             acquire_timeout,
@@ -52,7 +52,8 @@ impl ReadPool {
         max_connections: u32,
         acquire_timeout: Duration,
     ) -> Result<Self, DbErr> {
-        let pool = build(options, max_connections, acquire_timeout).await?;
+        // A SQLite connection is a file, with no peer to lose while idle: never pinged.
+        let pool = build(options, false, max_connections, acquire_timeout).await?;
         Ok(ReadPool {
             backend: Backend::Sqlite(pool),
             acquire_timeout,
@@ -98,15 +99,19 @@ impl ReadPool {
 /// start, not the first request.
 async fn build<C: Connection>(
     options: C::Options,
+    ping_when_idle: bool,
     max_connections: u32,
     acquire_timeout: Duration,
 ) -> Result<Pool<Connector<C>>, DbErr> {
     let max_size = usize::try_from(max_connections.max(1)).unwrap_or(usize::MAX);
-    let pool = Pool::builder(Connector { options })
-        .max_size(max_size)
-        .runtime(deadpool::Runtime::Tokio1)
-        .build()
-        .map_err(|err| DbErr::Custom(format!("building the read pool: {err}")))?;
+    let pool = Pool::builder(Connector {
+        options,
+        ping_when_idle,
+    })
+    .max_size(max_size)
+    .runtime(deadpool::Runtime::Tokio1)
+    .build()
+    .map_err(|err| DbErr::Custom(format!("building the read pool: {err}")))?;
     let first = checkout(&pool, acquire_timeout).await?;
     settle(first, Ok(()))?;
     Ok(pool)
@@ -124,6 +129,8 @@ async fn close<C: Connection>(pool: &Pool<Connector<C>>) {
 
 pub(super) struct Connector<C: Connection> {
     options: C::Options,
+    /// Whether a connection idle for `TRUSTED_IDLE` is pinged before it is handed out.
+    ping_when_idle: bool,
 }
 
 pub(super) struct ReadConnection<C> {
@@ -154,7 +161,7 @@ impl<C: Connection> Manager for Connector<C> {
         if !connection.settled {
             return Err(RecycleError::message("a statement on it was abandoned"));
         }
-        if connection.last_used.elapsed() >= TRUSTED_IDLE {
+        if self.ping_when_idle && connection.last_used.elapsed() >= TRUSTED_IDLE {
             connection.connection.ping().await?;
             connection.last_used = Instant::now();
         }
@@ -297,7 +304,7 @@ mod tests {
             .filename(dir.path().join("reads.db"))
             .create_if_missing(true);
         let timeout = Duration::from_secs(5);
-        let pool = build::<SqliteConnection>(options, 1, timeout)
+        let pool = build::<SqliteConnection>(options, false, 1, timeout)
             .await
             .expect("pool");
 
