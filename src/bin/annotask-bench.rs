@@ -522,6 +522,10 @@ fn statement(db: &DatabaseConnection, sql: &str, values: Vec<sea_orm::Value>) ->
 }
 
 /// Bulk-loads `count` tasks for the account straight into the tables (and their counters).
+/// Preloaded task i was last updated (and, every fourth, completed) at this plus i seconds:
+/// its update times span days, so an update window covers whole hours of counters.
+const PRELOAD_UPDATED_FROM: i64 = 1_700_100_000_000;
+
 async fn preload(db: &DatabaseConnection, account_id: i64, count: u64) -> Result<(), BoxError> {
     if count == 0 {
         return Ok(());
@@ -543,9 +547,37 @@ async fn preload(db: &DatabaseConnection, account_id: i64, count: u64) -> Result
          clear_unique_id_on_error, created_at, updated_at, completed_at) \
          SELECT {hex}, {account_id}, false, 'imageannotation', CASE WHEN i % 4 = 0 THEN 'completed' ELSE 'pending' END, \
          'Box', '{{\"attachment\":\"https://e.com/x.png\",\"geometries\":{{\"box\":{{}}}}}}', NULL, '{{}}', NULL, NULL, NULL, NULL, NULL, NULL, '[]', NULL, false, \
-         1700000000000 + i, 1700000000000 + i, NULL FROM ({series}) AS series"
+         1700000000000 + i, {PRELOAD_UPDATED_FROM} + i * 1000, \
+         CASE WHEN i % 4 = 0 THEN {PRELOAD_UPDATED_FROM} + i * 1000 END FROM ({series}) AS series"
     );
     db.execute_unprepared(&sql).await?;
+    // The hourly counters behind windowed totals, as migrations 6 and 10 fill them.
+    let key = "account_id, is_test, '', '', task_type, status";
+    let groups = "account_id, is_test, task_type, status";
+    let scope = format!("account_id = {account_id} AND created_at < 1800000000000");
+    for fill in [
+        format!(
+            "INSERT INTO task_hour_counts (account_id, is_test, project, batch, task_type, status, \
+             created_hour, total) SELECT {key}, created_at / 3600000, COUNT(*) FROM tasks \
+             WHERE {scope} GROUP BY {groups}, created_at / 3600000"
+        ),
+        format!(
+            "INSERT INTO task_event_hour_counts (account_id, is_test, project, batch, task_type, \
+             status, event, hour, total) SELECT {key}, 'completed', completed_at / 3600000, \
+             COUNT(*) FROM tasks WHERE {scope} AND completed_at IS NOT NULL \
+             GROUP BY {groups}, completed_at / 3600000"
+        ),
+        format!(
+            "INSERT INTO task_event_hour_counts (account_id, is_test, project, batch, task_type, \
+             status, event, hour, total) SELECT {key}, 'updated', hour, SUM(delta) FROM (\
+             SELECT {groups}, updated_at / 3600000 AS hour, 1 AS delta FROM tasks WHERE {scope} \
+             UNION ALL \
+             SELECT {groups}, created_at / 3600000 AS hour, -1 AS delta FROM tasks WHERE {scope}) \
+             AS shifts GROUP BY {groups}, hour HAVING SUM(delta) <> 0"
+        ),
+    ] {
+        db.execute_unprepared(&fill).await?;
+    }
     let counts = format!(
         "INSERT INTO task_counts (account_id, is_test, project, batch, task_type, status, total) \
          SELECT {account_id}, false, '', '', 'imageannotation', status, COUNT(*) FROM tasks \
@@ -795,6 +827,28 @@ async fn bench_database(
             let s = s.clone();
             async move {
                 s.get("/v1/tasks?limit=100&status=pending&tags=even")
+                    .await
+                    .map(drop)
+            }
+        }
+    );
+    let s = server.clone();
+    let updated_after = {
+        // Tasks updated after the middle preloaded task's update, 40 minutes into an hour: the
+        // newer half, whose total is half a million tasks at the default preload.
+        let middle = PRELOAD_UPDATED_FROM + (args.preload / 2) as i64 * 1000;
+        chrono::DateTime::from_timestamp_millis(middle - middle % 3_600_000 + 40 * 60_000)
+            .unwrap_or_default()
+            .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+            .to_string()
+    };
+    scenario!(
+        "list, update window",
+        Some(("keyset page", page_base)),
+        move |_, _| {
+            let (s, after) = (s.clone(), updated_after.clone());
+            async move {
+                s.get(&format!("/v1/tasks?limit=100&updated_after={after}"))
                     .await
                     .map(drop)
             }

@@ -16,7 +16,7 @@ use sea_orm::{
 use serde::Serialize;
 
 use super::{
-    entities::{task_counts, task_hour_counts, task_tag_counts},
+    entities::{task_counts, task_event_hour_counts, task_hour_counts, task_tag_counts},
     tasks::{statement_sized_chunks, to_json_text, ROWS_PER_INSERT},
 };
 use crate::{
@@ -38,9 +38,15 @@ pub(super) fn next_shard() -> i32 {
     i32::try_from(turn % POSTGRES_COUNTER_SHARDS).unwrap_or(0)
 }
 
-pub(super) fn created_hour(at: Timestamp) -> i64 {
+/// The whole hours since the epoch of `at`: the hour counters' unit.
+pub(super) fn hour_of(at: Timestamp) -> i64 {
     at.millis().div_euclid(HOUR_MILLIS)
 }
+
+/// What a `task_event_hour_counts` row counts (migration 10).
+pub(super) const COMPLETED_EVENT: &str = "completed";
+/// Update-hour shifts against the creation-hour counters (migration 10).
+pub(super) const UPDATED_EVENT: &str = "updated";
 
 /// A counter row of `task_counts`: (account, world, project, batch, type, status), with
 /// empty strings for no project or batch.
@@ -75,10 +81,35 @@ struct TagKey {
     status: &'static str,
 }
 
-/// The counter rows `task` counts in: its total, its creation hour's, one per distinct tag.
-fn counter_keys(task: &Task) -> (CountKey, (i64, CountKey), Vec<TagKey>) {
+/// A `task_event_hour_counts` key: the event, its hour and the `task_counts` key.
+type EventKey = (&'static str, i64, CountKey);
+
+/// The counter rows `task` counts in, each with what the task adds to it.
+struct CounterKeys {
+    total: CountKey,
+    /// Its creation hour's.
+    hour: (i64, CountKey),
+    /// One per distinct tag.
+    tags: Vec<TagKey>,
+    /// Its completion hour's, once completed; and when it was last updated in another hour
+    /// than it was created in, +1 at its update hour and -1 at its creation hour (so the
+    /// creation-hour counters plus these shifts count tasks by update hour).
+    events: Vec<(EventKey, i64)>,
+}
+
+fn counter_keys(task: &Task) -> CounterKeys {
     let total = CountKey::of(task);
-    let hour = (created_hour(task.created_at), total.clone());
+    let created = hour_of(task.created_at);
+    let mut events = Vec::new();
+    if let Some(completed_at) = task.completed_at {
+        events.push(((COMPLETED_EVENT, hour_of(completed_at), total.clone()), 1));
+    }
+    let updated = hour_of(task.updated_at);
+    if updated != created {
+        events.push(((UPDATED_EVENT, updated, total.clone()), 1));
+        events.push(((UPDATED_EVENT, created, total.clone()), -1));
+    }
+    let hour = (created, total.clone());
     let distinct: std::collections::BTreeSet<&String> = task.tags.iter().flatten().collect();
     let tags = distinct
         .into_iter()
@@ -89,7 +120,12 @@ fn counter_keys(task: &Task) -> (CountKey, (i64, CountKey), Vec<TagKey>) {
             status: task.status.as_str(),
         })
         .collect();
-    (total, hour, tags)
+    CounterKeys {
+        total,
+        hour,
+        tags,
+        events,
+    }
 }
 
 /// How many tasks a write adds to (or, negative, removes from) each counter row. Ordered
@@ -99,16 +135,20 @@ pub(super) struct CounterDeltas {
     totals: BTreeMap<CountKey, i64>,
     hours: BTreeMap<(i64, CountKey), i64>,
     tags: BTreeMap<TagKey, i64>,
+    events: BTreeMap<EventKey, i64>,
 }
 
 impl CounterDeltas {
-    /// Counts `task` `delta` times: its totals, its creation hour's, and once per distinct tag.
+    /// Counts `task` `delta` times in each of its counter rows ([`counter_keys`]).
     pub(super) fn add(&mut self, task: &Task, delta: i64) {
-        let (total, hour, tags) = counter_keys(task);
-        *self.hours.entry(hour).or_default() += delta;
-        *self.totals.entry(total).or_default() += delta;
-        for tag in tags {
+        let keys = counter_keys(task);
+        *self.hours.entry(keys.hour).or_default() += delta;
+        *self.totals.entry(keys.total).or_default() += delta;
+        for tag in keys.tags {
             *self.tags.entry(tag).or_default() += delta;
+        }
+        for (event, times) in keys.events {
+            *self.events.entry(event).or_default() += delta * times;
         }
     }
 
@@ -122,10 +162,14 @@ impl CounterDeltas {
         self.totals.retain(|_, delta| *delta != 0);
         self.hours.retain(|_, delta| *delta != 0);
         self.tags.retain(|_, delta| *delta != 0);
+        self.events.retain(|_, delta| *delta != 0);
     }
 
     fn is_empty(&self) -> bool {
-        self.totals.is_empty() && self.hours.is_empty() && self.tags.is_empty()
+        self.totals.is_empty()
+            && self.hours.is_empty()
+            && self.tags.is_empty()
+            && self.events.is_empty()
     }
 
     pub(super) async fn apply(mut self, txn: &impl ConnectionTrait) -> Result<()> {
@@ -139,7 +183,7 @@ impl CounterDeltas {
         }
     }
 
-    /// PostgreSQL: the three upserts as data-modifying CTEs of one statement, each reading its
+    /// PostgreSQL: the four upserts as data-modifying CTEs of one statement, each reading its
     /// rows from a JSON array (one statement shape, whatever the number of rows).
     async fn apply_in_one_statement(self, txn: &impl ConnectionTrait) -> Result<()> {
         let shard = next_shard();
@@ -164,6 +208,18 @@ impl CounterDeltas {
             .iter()
             .map(|(key, &total)| JsonCounterRow::summed(key, shard, total))
             .collect();
+        let events: Vec<_> = self
+            .events
+            .iter()
+            .map(|((event, hour, key), &total)| {
+                let key = EventKeyRow {
+                    event,
+                    hour: *hour,
+                    key,
+                };
+                JsonCounterRow::summed(key, shard, total)
+            })
+            .collect();
         txn.execute(Statement::from_sql_and_values(
             DbBackend::Postgres,
             UPSERT_ALL_COUNTERS.as_str(),
@@ -171,6 +227,7 @@ impl CounterDeltas {
                 to_json_text(&totals)?.into(),
                 to_json_text(&hours)?.into(),
                 to_json_text(&tags)?.into(),
+                to_json_text(&events)?.into(),
             ],
         ))
         .await?;
@@ -222,10 +279,35 @@ impl CounterDeltas {
                 total: Set(total),
             })
             .collect();
+        let events: Vec<_> = self
+            .events
+            .into_iter()
+            .map(
+                |((event, hour, key), total)| task_event_hour_counts::ActiveModel {
+                    account_id: Set(key.account_id),
+                    is_test: Set(key.is_test),
+                    event: Set(event.to_owned()),
+                    hour: Set(hour),
+                    project: Set(key.project),
+                    batch: Set(key.batch),
+                    task_type: Set(key.task_type),
+                    status: Set(key.status.to_owned()),
+                    shard: Set(0),
+                    total: Set(total),
+                },
+            )
+            .collect();
         upsert_adding::<task_counts::Entity, _>(txn, totals, task_counts::Column::Total).await?;
         upsert_adding::<task_hour_counts::Entity, _>(txn, hours, task_hour_counts::Column::Total)
             .await?;
-        upsert_adding::<task_tag_counts::Entity, _>(txn, tags, task_tag_counts::Column::Total).await
+        upsert_adding::<task_tag_counts::Entity, _>(txn, tags, task_tag_counts::Column::Total)
+            .await?;
+        upsert_adding::<task_event_hour_counts::Entity, _>(
+            txn,
+            events,
+            task_event_hour_counts::Column::Total,
+        )
+        .await
     }
 }
 
@@ -279,13 +361,13 @@ impl<'a, K> JsonCounterRow<'a, K> {
         }
     }
 
-    /// A new task counted once in the key's row, if the statement created it.
-    fn of_task(task_id: &'a str, key: K, shard: i32) -> Self {
+    /// A new task counted `total` times in the key's row, if the statement created it.
+    fn of_task(task_id: &'a str, key: K, shard: i32, total: i64) -> Self {
         JsonCounterRow {
             task_id: Some(task_id),
             key,
             shard,
-            total: 1,
+            total,
         }
     }
 }
@@ -298,6 +380,15 @@ struct HourKey<K> {
     key: K,
 }
 
+/// A `task_event_hour_counts` key as a JSON row.
+#[derive(Serialize)]
+struct EventKeyRow<K> {
+    event: &'static str,
+    hour: i64,
+    #[serde(flatten)]
+    key: K,
+}
+
 /// A counter table: its name, the CTE that upserts it, and its key columns (with their SQL
 /// types) in the order the key's Rust `Ord` compares them.
 struct CounterTable {
@@ -306,7 +397,10 @@ struct CounterTable {
     key: &'static [(&'static str, &'static str)],
 }
 
-const COUNTER_TABLES: [CounterTable; 3] = [
+/// How many counter tables there are: the counter upserts read one JSON parameter each.
+pub(super) const COUNTER_TABLE_COUNT: usize = COUNTER_TABLES.len();
+
+const COUNTER_TABLES: [CounterTable; 4] = [
     CounterTable {
         table: "task_counts",
         cte: "totals",
@@ -345,6 +439,21 @@ const COUNTER_TABLES: [CounterTable; 3] = [
             ("shard", "integer"),
         ],
     },
+    CounterTable {
+        table: "task_event_hour_counts",
+        cte: "events",
+        key: &[
+            ("event", "text"),
+            ("hour", "bigint"),
+            ("account_id", "bigint"),
+            ("is_test", "boolean"),
+            ("project", "text"),
+            ("batch", "text"),
+            ("task_type", "text"),
+            ("status", "text"),
+            ("shard", "integer"),
+        ],
+    },
 ];
 
 /// Where a counter upsert's rows come from.
@@ -357,8 +466,8 @@ pub(super) enum CounterRows {
     PerCreatedTask,
 }
 
-/// The three counter upserts as data-modifying CTEs (`totals`, `hours`, `tags`), reading their
-/// rows from the JSON parameters `$first_param` to `$first_param + 2`. Rows are upserted in
+/// The counter upserts as data-modifying CTEs (`totals`, `hours`, `tags`, `events`), reading
+/// their rows from the JSON parameters `$first_param` on, one per table. Rows are upserted in
 /// key order (byte order for text, as Rust compares them), so every writer locks counter rows
 /// in one order.
 pub(super) fn counter_upsert_ctes(rows: CounterRows, first_param: usize) -> String {
@@ -417,28 +526,35 @@ static UPSERT_ALL_COUNTERS: std::sync::LazyLock<String> = std::sync::LazyLock::n
     )
 });
 
-/// The counter rows of new tasks, one per task and counter row, as the three JSON parameters
-/// of [`CounterRows::PerCreatedTask`].
+/// The counter rows of new tasks, one per task and counter row, as the JSON parameters of
+/// [`CounterRows::PerCreatedTask`], one per counter table.
 pub(super) fn created_task_counter_rows<'a>(
     tasks: impl Iterator<Item = &'a Task>,
     shard: i32,
-) -> Result<[String; 3]> {
+) -> Result<[String; COUNTER_TABLE_COUNT]> {
     let (mut totals, mut hours, mut tags) = (Vec::new(), Vec::new(), Vec::new());
+    let mut events = Vec::new();
     for task in tasks {
         let task_id = task.id.as_str();
-        let (total, (created_hour, key), tag_keys) = counter_keys(task);
-        totals.push(JsonCounterRow::of_task(task_id, total, shard));
+        let keys = counter_keys(task);
+        totals.push(JsonCounterRow::of_task(task_id, keys.total, shard, 1));
+        let (created_hour, key) = keys.hour;
         let key = HourKey { created_hour, key };
-        hours.push(JsonCounterRow::of_task(task_id, key, shard));
+        hours.push(JsonCounterRow::of_task(task_id, key, shard, 1));
         tags.extend(
-            tag_keys
+            keys.tags
                 .into_iter()
-                .map(|key| JsonCounterRow::of_task(task_id, key, shard)),
+                .map(|key| JsonCounterRow::of_task(task_id, key, shard, 1)),
         );
+        events.extend(keys.events.into_iter().map(|((event, hour, key), total)| {
+            let key = EventKeyRow { event, hour, key };
+            JsonCounterRow::of_task(task_id, key, shard, total)
+        }));
     }
     Ok([
         to_json_text(&totals)?,
         to_json_text(&hours)?,
         to_json_text(&tags)?,
+        to_json_text(&events)?,
     ])
 }

@@ -135,6 +135,42 @@ pub mod task_hour_counts {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+/// Counters by completion hour, and update-hour shifts against `task_hour_counts`
+/// (migration 10 explains both).
+pub mod task_event_hour_counts {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "task_event_hour_counts")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub account_id: i64,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub is_test: bool,
+        /// `completed` or `updated`.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub event: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub hour: i64,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub project: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub batch: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub task_type: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub status: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub shard: i32,
+        pub total: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
 pub mod task_tag_counts {
     use sea_orm::entity::prelude::*;
 

@@ -21,7 +21,10 @@ use sea_orm::{
 
 use super::{
     callbacks::delivery_row,
-    counters::{counter_upsert_ctes, created_task_counter_rows, next_shard, CounterRows},
+    counters::{
+        counter_upsert_ctes, created_task_counter_rows, next_shard, CounterRows,
+        COUNTER_TABLE_COUNT,
+    },
     entities::{callback_deliveries, idempotency_keys, task_tags},
     tasks::{to_active_model, to_json_text, BulkInserted},
     Store,
@@ -34,7 +37,7 @@ use crate::{
 /// `created` holds the ids the task insert returned; every other insert joins on it.
 static INSERT_NEW_TASKS: LazyLock<String> = LazyLock::new(|| insert_new_tasks_sql(false));
 
-/// The same under Idempotency-Keys (`$7`: one claim per key, the key's row with its answer, and
+/// The same under Idempotency-Keys (the last parameter, [`CLAIMS_PARAM`]: one claim per key, the key's row with its answer, and
 /// the id of the task it creates, if any). The claims are inserted first, and a key already
 /// stored (by an earlier request, expired or not, or by a concurrent one, whose commit the
 /// insert waits for) is skipped with its task: the statement returns the keys it claimed, and
@@ -43,6 +46,11 @@ static INSERT_NEW_TASKS: LazyLock<String> = LazyLock::new(|| insert_new_tasks_sq
 /// cached while it was small. A claimed key's answer is its task, created: only a unique_id
 /// could refuse the task, and tasks with one take the transaction path.
 static INSERT_NEW_TASKS_UNDER_KEYS: LazyLock<String> = LazyLock::new(|| insert_new_tasks_sql(true));
+
+/// The statements' first counter parameter, after the tasks, tag rows and deliveries.
+const FIRST_COUNTER_PARAM: usize = 4;
+/// The claims' parameter, after the counters'.
+const CLAIMS_PARAM: usize = FIRST_COUNTER_PARAM + COUNTER_TABLE_COUNT;
 
 fn insert_new_tasks_sql(under_keys: bool) -> String {
     let columns_of = |columns: Vec<String>, prefix: &str| {
@@ -64,7 +72,7 @@ fn insert_new_tasks_sql(under_keys: bool) -> String {
             format!(
                 "claims AS (\
                    SELECT r.*, e ->> 'task_id' AS task_id \
-                   FROM json_array_elements($7::json) AS e, \
+                   FROM json_array_elements(${CLAIMS_PARAM}::json) AS e, \
                    json_populate_record(NULL::idempotency_keys, e) AS r\
                  ), claimed AS (\
                    INSERT INTO idempotency_keys ({columns}) SELECT {c_columns} FROM claims AS c \
@@ -103,7 +111,7 @@ fn insert_new_tasks_sql(under_keys: bool) -> String {
          ) {answer}",
         columns = delivery_columns.join(", "),
         r_columns = columns_of(delivery_columns.clone(), "r."),
-        counters = counter_upsert_ctes(CounterRows::PerCreatedTask, 4),
+        counters = counter_upsert_ctes(CounterRows::PerCreatedTask, FIRST_COUNTER_PARAM),
     )
 }
 
@@ -197,8 +205,8 @@ impl Store {
     }
 }
 
-/// `$1` to `$6` of the statements: the tasks, their tag rows, their callback deliveries and
-/// their counter rows.
+/// The statements' parameters up to the claims: the tasks, their tag rows, their callback
+/// deliveries and their counter rows.
 fn new_task_values(items: &[(Task, Option<NewDelivery>)]) -> Result<Vec<Value>> {
     // Unique_id index entries are locked in one order by every writer.
     let mut order: Vec<usize> = (0..items.len()).collect();
@@ -221,16 +229,14 @@ fn new_task_values(items: &[(Task, Option<NewDelivery>)]) -> Result<Vec<Value>> 
             delivery_rows.push(row_json(&delivery_row(delivery)?)?);
         }
     }
-    let [totals, hours, tags] =
-        created_task_counter_rows(items.iter().map(|(task, _)| task), next_shard())?;
-    Ok(vec![
+    let mut values: Vec<Value> = vec![
         to_json_text(&task_rows)?.into(),
         to_json_text(&tag_rows)?.into(),
         to_json_text(&delivery_rows)?.into(),
-        totals.into(),
-        hours.into(),
-        tags.into(),
-    ])
+    ];
+    let counter_rows = created_task_counter_rows(items.iter().map(|(task, _)| task), next_shard())?;
+    values.extend(counter_rows.into_iter().map(Value::from));
+    Ok(values)
 }
 
 /// Each task's outcome: created if its id is in `created`, otherwise refused for its

@@ -14,8 +14,10 @@ use sea_orm::{
 use super::{
     batches::OnBatchCompleted,
     changes::{ChangeKind, TaskChange},
-    counters::{CounterDeltas, HOUR_MILLIS},
-    entities::{task_counts, task_hour_counts, task_tag_counts, task_tags, tasks},
+    counters::{CounterDeltas, COMPLETED_EVENT, HOUR_MILLIS, UPDATED_EVENT},
+    entities::{
+        task_counts, task_event_hour_counts, task_hour_counts, task_tag_counts, task_tags, tasks,
+    },
     is_unique_violation, Store,
 };
 use crate::{
@@ -286,26 +288,34 @@ impl Store {
 }
 
 /// The exact number of tasks matching `filter`: from the counters when they answer it (every
-/// filter but tags, unique_ids, review statuses and completed/updated windows), else by
-/// counting rows. A creation window sums the hourly counters over its whole hours and counts
-/// only the partial hours at its edges row by row.
+/// filter but several tags, a tag with more than a status, unique_ids, review statuses and two
+/// time windows at once), else by counting rows. A window on one of the three clocks
+/// (creation, completion, last update) sums that clock's hourly counters over its whole hours
+/// and counts only the partial hours at its edges row by row, through the clock's index.
 async fn count_tasks(db: &impl ConnectionTrait, scope: Scope, filter: &TaskFilter) -> Result<u64> {
-    let unwindowed = TaskFilter {
-        created: TimeRange::default(),
-        ..filter.clone()
-    };
     if let Some(tag) = filter.tag_counter() {
         return sum_counts::<task_tag_counts::Entity>(db, tag_total_condition(scope, tag, filter))
             .await;
     }
+    let mut unwindowed = filter.clone();
+    for clock in Clock::ALL {
+        *clock.window_mut(&mut unwindowed) = TimeRange::default();
+    }
     if !unwindowed.is_answered_by_counters() {
         return count_rows(db, scope, filter).await;
     }
-    if filter.created.is_open() {
-        return sum_counts::<task_counts::Entity>(db, counter_condition(scope, filter)).await;
-    }
-    let from = filter.created.from.map(Timestamp::millis);
-    let to = filter.created.to.map(Timestamp::millis);
+    let windowed: Vec<Clock> = Clock::ALL
+        .into_iter()
+        .filter(|clock| !clock.window(filter).is_open())
+        .collect();
+    let clock = match windowed.as_slice() {
+        [] => return sum_counts::<task_counts::Entity>(db, counter_condition(scope, filter)).await,
+        [clock] => *clock,
+        _ => return count_rows(db, scope, filter).await,
+    };
+    let window = clock.window(filter);
+    let from = window.from.map(Timestamp::millis);
+    let to = window.to.map(Timestamp::millis);
     let first_whole = from
         .map(|from| from.div_euclid(HOUR_MILLIS) + i64::from(from.rem_euclid(HOUR_MILLIS) != 0));
     let end_whole = to.map(|to| (to + 1).div_euclid(HOUR_MILLIS));
@@ -314,20 +324,16 @@ async fn count_tasks(db: &impl ConnectionTrait, scope: Scope, filter: &TaskFilte
             return count_rows(db, scope, filter).await;
         }
     }
-    let mut condition = counter_condition(scope, filter);
-    if let Some(first) = first_whole {
-        condition = condition.add(task_hour_counts::Column::CreatedHour.gte(first));
-    }
-    if let Some(end) = end_whole {
-        condition = condition.add(task_hour_counts::Column::CreatedHour.lt(end));
-    }
-    let mut total = sum_counts::<task_hour_counts::Entity>(db, condition).await?;
-    let edge = |from: i64, to: i64| TaskFilter {
-        created: TimeRange {
+    let mut total = clock
+        .sum_whole_hours(db, counter_condition(scope, filter), first_whole, end_whole)
+        .await?;
+    let edge = |from: i64, to: i64| {
+        let mut edge = filter.clone();
+        *clock.window_mut(&mut edge) = TimeRange {
             from: Some(Timestamp::from_millis(from)),
             to: Some(Timestamp::from_millis(to)),
-        },
-        ..filter.clone()
+        };
+        edge
     };
     if let (Some(from), Some(first)) = (from, first_whole) {
         total += count_rows(db, scope, &edge(from, first * HOUR_MILLIS - 1)).await?;
@@ -336,6 +342,74 @@ async fn count_tasks(db: &impl ConnectionTrait, scope: Scope, filter: &TaskFilte
         total += count_rows(db, scope, &edge(end * HOUR_MILLIS, to)).await?;
     }
     Ok(total)
+}
+
+/// The three times a list can be windowed on, each with hourly counters.
+#[derive(Debug, Clone, Copy)]
+enum Clock {
+    Created,
+    Completed,
+    Updated,
+}
+
+impl Clock {
+    const ALL: [Clock; 3] = [Clock::Created, Clock::Completed, Clock::Updated];
+
+    fn window(self, filter: &TaskFilter) -> TimeRange {
+        match self {
+            Clock::Created => filter.created,
+            Clock::Completed => filter.completed,
+            Clock::Updated => filter.updated,
+        }
+    }
+
+    fn window_mut(self, filter: &mut TaskFilter) -> &mut TimeRange {
+        match self {
+            Clock::Created => &mut filter.created,
+            Clock::Completed => &mut filter.completed,
+            Clock::Updated => &mut filter.updated,
+        }
+    }
+
+    /// The tasks counted in this clock's hours from `first` to before `end` (either open)
+    /// in the counter rows matching `condition`. Update hours are creation hours plus the
+    /// shifts of tasks updated in another hour (migration 10).
+    async fn sum_whole_hours(
+        self,
+        db: &impl ConnectionTrait,
+        condition: Condition,
+        first: Option<i64>,
+        end: Option<i64>,
+    ) -> Result<u64> {
+        let created_hours = || {
+            let mut condition = condition.clone();
+            if let Some(first) = first {
+                condition = condition.add(task_hour_counts::Column::CreatedHour.gte(first));
+            }
+            if let Some(end) = end {
+                condition = condition.add(task_hour_counts::Column::CreatedHour.lt(end));
+            }
+            sum_signed_counts::<task_hour_counts::Entity>(db, condition)
+        };
+        let event_hours = |event: &'static str| {
+            let mut condition = condition
+                .clone()
+                .add(task_event_hour_counts::Column::Event.eq(event));
+            if let Some(first) = first {
+                condition = condition.add(task_event_hour_counts::Column::Hour.gte(first));
+            }
+            if let Some(end) = end {
+                condition = condition.add(task_event_hour_counts::Column::Hour.lt(end));
+            }
+            sum_signed_counts::<task_event_hour_counts::Entity>(db, condition)
+        };
+        let sum = match self {
+            Clock::Created => created_hours().await?,
+            Clock::Completed => event_hours(COMPLETED_EVENT).await?,
+            Clock::Updated => created_hours().await? + event_hours(UPDATED_EVENT).await?,
+        };
+        Ok(count_of(Some(sum)))
+    }
 }
 
 /// Tasks carrying a tag this rare are looked up by their tag rows, not found by walking the
@@ -376,10 +450,13 @@ async fn rare_tag_candidates(
 }
 
 async fn count_rows(db: &impl ConnectionTrait, scope: Scope, filter: &TaskFilter) -> Result<u64> {
-    if let (Some(from), Some(to)) = (filter.created.from, filter.created.to) {
-        if from > to {
-            return Ok(0);
-        }
+    let empty =
+        |window: TimeRange| matches!((window.from, window.to), (Some(from), Some(to)) if from > to);
+    if Clock::ALL
+        .into_iter()
+        .any(|clock| empty(clock.window(filter)))
+    {
+        return Ok(0);
     }
     Ok(tasks::Entity::find()
         .filter(filter_condition(scope, filter))
@@ -391,8 +468,17 @@ async fn sum_counts<E: EntityTrait>(
     db: &impl ConnectionTrait,
     condition: Condition,
 ) -> Result<u64> {
+    Ok(count_of(Some(sum_signed_counts::<E>(db, condition).await?)))
+}
+
+/// The sum of the counter rows matching `condition`, which may be part of a count (the
+/// update-hour shifts are negative where tasks left their creation hour).
+async fn sum_signed_counts<E: EntityTrait>(
+    db: &impl ConnectionTrait,
+    condition: Condition,
+) -> Result<i64> {
     let total: Option<Option<i64>> = total_select::<E>(condition).into_tuple().one(db).await?;
-    Ok(count_of(total.flatten()))
+    Ok(total.flatten().unwrap_or(0))
 }
 
 /// A counter sum as a count: no rows sum to NULL, and a sum cannot honestly be negative.

@@ -6,6 +6,12 @@ use futures::future::join_all;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
+use annotask::{
+    config::DatabasePool,
+    domain::{Batch, NewDelivery, Scope, TaskFilter, TaskId, TaskStatus, TimeRange, Timestamp},
+    store::Store,
+};
+
 use crate::{backend_tests, helpers::TestApp};
 
 #[track_caller]
@@ -575,6 +581,180 @@ async fn creation_window_totals_match_the_rows_whatever_the_edges(app: TestApp) 
     );
 }
 
+/// Completion and update windows are summed from hourly counters too (update hours being
+/// creation hours plus shifts). Tasks moved through the store to other hours (some twice, some
+/// back to their creation hour, some completed) must count exactly as their rows do, in the
+/// store and over REST, for windows with partial edges, whole hours, one hour, open ends.
+async fn completion_and_update_window_totals_match_the_rows_across_hours(app: TestApp) {
+    const MINUTE: i64 = 60_000;
+    const HOUR: i64 = 60 * MINUTE;
+    let tasks = create_many(&app, 12).await;
+    let store = Store::connect(&app.database_url, &DatabasePool::default())
+        .await
+        .unwrap();
+    let account_id = store.find_account_id(&app.account).await.unwrap().unwrap();
+    let scope = Scope {
+        account_id,
+        is_test: false,
+    };
+    let no_batch = |_: &Batch| -> Option<NewDelivery> { None };
+    let at = Timestamp::from_millis;
+    // An hour in 2030, well after the tasks were created.
+    let base = 1_900_000_000_000 - 1_900_000_000_000 % HOUR;
+    for (k, task) in (0_i64..).zip(&tasks) {
+        let id = TaskId::parse(&task_id(task)).unwrap();
+        let created_at = Timestamp::parse_filter(task["created_at"].as_str().unwrap()).unwrap();
+        let mut moves = vec![base + k * 37 * MINUTE];
+        if k % 4 == 1 {
+            moves.push(base + k * 37 * MINUTE + 5 * HOUR + 3 * MINUTE);
+        }
+        if k % 5 == 2 {
+            // Back in its creation hour: its shift rows cancel out.
+            moves.push(created_at.millis() + 1);
+        }
+        for (step, updated_at) in moves.into_iter().enumerate() {
+            let complete = step == 0 && k % 3 == 0;
+            store
+                .update_task(
+                    scope,
+                    &id,
+                    |task| {
+                        task.updated_at = at(updated_at);
+                        if complete {
+                            task.status = TaskStatus::Completed;
+                            task.completed_at = Some(at(updated_at));
+                            task.response = Some(json!({"ok": true}));
+                        }
+                        Ok(None)
+                    },
+                    &no_batch,
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let windows: Vec<(Option<i64>, Option<i64>)> = vec![
+        // Partial hours at both edges, whole hours between.
+        (
+            Some(base - 10 * HOUR + 13 * MINUTE),
+            Some(base + 9 * HOUR + 20 * MINUTE),
+        ),
+        // Whole hours only.
+        (Some(base + HOUR), Some(base + 3 * HOUR - 1)),
+        // Within one hour.
+        (Some(base + 50 * MINUTE), Some(base + 55 * MINUTE)),
+        // Open at one end.
+        (Some(base + 2 * HOUR + 7 * MINUTE), None),
+        (None, Some(base + 4 * HOUR + MINUTE)),
+        // From before the tasks were created: the ones back in their creation hour too.
+        (
+            Some(1_600_000_000_000 + 30 * MINUTE),
+            Some(base + 30 * MINUTE),
+        ),
+        (Some(1_600_000_000_000 + 30 * MINUTE), None),
+        // Empty.
+        (Some(base + 3 * HOUR), Some(base + HOUR)),
+    ];
+    let checked = window_totals_match_the_rows(&app, &store, scope, &windows).await;
+    // The windows are not all empty: most of them hold tasks.
+    assert!(checked > 30, "{checked}");
+    let completed_since = |from: i64| TaskFilter {
+        completed: window_range((Some(from), None)),
+        ..TaskFilter::default()
+    };
+    let total_of = |filter: TaskFilter| {
+        let store = &store;
+        async move { store.list_page(scope, &filter, None, 0, 1).await.unwrap().1 }
+    };
+    assert_eq!(total_of(completed_since(base)).await, 4);
+
+    // Migration 10 fills its counters from the tasks as they stand: undone and run again, the
+    // totals still match the rows.
+    let db = sea_orm::Database::connect(&app.database_url).await.unwrap();
+    for undo in [
+        "DROP TABLE task_event_hour_counts",
+        "DROP INDEX ix_tasks_updated",
+        "DROP INDEX ix_tasks_completed",
+        "DELETE FROM seaql_migrations WHERE version = 'm20261201_000010_task_event_hour_counts'",
+    ] {
+        sea_orm::ConnectionTrait::execute_unprepared(&db, undo)
+            .await
+            .unwrap();
+    }
+    db.close().await.unwrap();
+    store.migrate().await.unwrap();
+    assert_eq!(
+        window_totals_match_the_rows(&app, &store, scope, &windows).await,
+        checked
+    );
+    assert_eq!(total_of(completed_since(base)).await, 4);
+    store.close().await;
+}
+
+fn window_range((from, to): (Option<i64>, Option<i64>)) -> TimeRange {
+    TimeRange {
+        from: from.map(Timestamp::from_millis),
+        to: to.map(Timestamp::from_millis),
+    }
+}
+
+/// Checks every window on the update and completion clocks (and both at once), with and
+/// without a status: the store's total against its rows, and over REST; returns how many
+/// checks found tasks.
+async fn window_totals_match_the_rows(
+    app: &TestApp,
+    store: &Store,
+    scope: Scope,
+    windows: &[(Option<i64>, Option<i64>)],
+) -> u64 {
+    let mut checked = 0;
+    for window in windows {
+        for status in [None, Some(TaskStatus::Pending), Some(TaskStatus::Completed)] {
+            for clock in ["updated", "completed", "both"] {
+                let mut filter = TaskFilter {
+                    status,
+                    ..TaskFilter::default()
+                };
+                if clock != "completed" {
+                    filter.updated = window_range(*window);
+                }
+                if clock != "updated" {
+                    filter.completed = window_range(*window);
+                }
+                let (docs, total) = store
+                    .list_page(scope, &filter, None, 0, 1_000)
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    total,
+                    docs.len() as u64,
+                    "{clock} window {window:?}, status {status:?}"
+                );
+                checked += u64::from(total > 0);
+            }
+        }
+        for clock in ["updated", "completed"] {
+            let (after, before) = (format!("{clock}_after"), format!("{clock}_before"));
+            let iso = |at: Option<i64>| at.map(|at| Timestamp::from_millis(at).to_iso());
+            let (from, to) = (iso(window.0), iso(window.1));
+            let mut pairs = Vec::new();
+            if let Some(from) = &from {
+                pairs.push((after.as_str(), from.as_str()));
+            }
+            if let Some(to) = &to {
+                pairs.push((before.as_str(), to.as_str()));
+            }
+            let rows: u64 = all_pages(app, &pairs)
+                .await
+                .iter()
+                .map(|page| ids(page).len() as u64)
+                .sum();
+            assert_eq!(total(app, &pairs).await, rows, "REST {pairs:?}");
+        }
+    }
+    checked
+}
+
 /// A page and its total come from one snapshot: while tasks are being created, a last page
 /// (no `has_more`) always holds exactly `total` tasks.
 async fn a_page_and_its_total_agree_under_concurrent_creates(app: TestApp) {
@@ -940,6 +1120,7 @@ backend_tests!(
     rare_and_common_tags_page_and_count_alike,
     a_page_and_its_total_agree_under_concurrent_creates,
     creation_window_totals_match_the_rows_whatever_the_edges,
+    completion_and_update_window_totals_match_the_rows_across_hours,
     an_empty_account_lists_an_empty_page,
     the_default_page_holds_100_tasks,
     limit_must_be_between_1_and_100,
