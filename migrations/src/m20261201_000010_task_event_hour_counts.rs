@@ -3,6 +3,11 @@
 //! over whole hours plus an indexed count of the partial hours at its edges (as creation
 //! windows are since migration 6), and indexes for those edges and for such pages.
 //!
+//! The update index is on `updated_hour` (`updated_at` in whole hours), not on `updated_at`:
+//! most edits land in the hour of the task's last one and leave the index untouched (on
+//! PostgreSQL such an update stays a heap-only tuple). An index on `updated_at` itself
+//! measured 13% (PostgreSQL) to 28% (SQLite) off metadata edits.
+//!
 //! `event = 'completed'` rows count completed tasks by their completion hour. `event =
 //! 'updated'` rows are *shifts* against `task_hour_counts`: a task last updated in another hour
 //! than the one it was created in counts +1 at its update hour and -1 at its creation hour, so
@@ -34,7 +39,7 @@ enum Tasks {
     Table,
     AccountId,
     IsTest,
-    UpdatedAt,
+    UpdatedHour,
     CompletedAt,
 }
 
@@ -126,10 +131,26 @@ impl MigrationTrait for Migration {
              HAVING SUM(delta) <> 0"
         ))
         .await?;
+        // Every write sets it from then on; the default only serves the rows filled below.
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(Tasks::Table)
+                    .add_column(
+                        ColumnDef::new(Tasks::UpdatedHour)
+                            .big_integer()
+                            .not_null()
+                            .default(0),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        db.execute_unprepared("UPDATE tasks SET updated_hour = updated_at / 3600000")
+            .await?;
         // The partial hours at a window's edges are counted row by row, and a page filtered by
         // such a window may be found through them.
         for (name, column) in [
-            ("ix_tasks_updated", Tasks::UpdatedAt),
+            ("ix_tasks_updated", Tasks::UpdatedHour),
             ("ix_tasks_completed", Tasks::CompletedAt),
         ] {
             manager

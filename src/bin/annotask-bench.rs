@@ -544,17 +544,22 @@ async fn preload(db: &DatabaseConnection, account_id: i64, count: u64) -> Result
     let sql = format!(
         "INSERT INTO tasks (task_id, account_id, is_test, task_type, status, instruction, params, callback_url, metadata, \
          unique_id, tags, project, batch, response, callback_succeeded, audits, customer_review_status, \
-         clear_unique_id_on_error, created_at, updated_at, completed_at) \
+         clear_unique_id_on_error, created_at, updated_at, completed_at, updated_hour) \
          SELECT {hex}, {account_id}, false, 'imageannotation', CASE WHEN i % 4 = 0 THEN 'completed' ELSE 'pending' END, \
          'Box', '{{\"attachment\":\"https://e.com/x.png\",\"geometries\":{{\"box\":{{}}}}}}', NULL, '{{}}', NULL, NULL, NULL, NULL, NULL, NULL, '[]', NULL, false, \
          1700000000000 + i, {PRELOAD_UPDATED_FROM} + i * 1000, \
-         CASE WHEN i % 4 = 0 THEN {PRELOAD_UPDATED_FROM} + i * 1000 END FROM ({series}) AS series"
+         CASE WHEN i % 4 = 0 THEN {PRELOAD_UPDATED_FROM} + i * 1000 END, \
+         ({PRELOAD_UPDATED_FROM} + i * 1000) / 3600000 FROM ({series}) AS series"
     );
     db.execute_unprepared(&sql).await?;
     // The hourly counters behind windowed totals, as migrations 6 and 10 fill them.
     let key = "account_id, is_test, '', '', task_type, status";
     let groups = "account_id, is_test, task_type, status";
-    let scope = format!("account_id = {account_id} AND created_at < 1800000000000");
+    // The preloaded tasks only: the account also holds tasks created through the API.
+    let scope = format!(
+        "account_id = {account_id} AND created_at BETWEEN 1700000000001 AND {}",
+        1_700_000_000_000 + count
+    );
     for fill in [
         format!(
             "INSERT INTO task_hour_counts (account_id, is_test, project, batch, task_type, status, \
@@ -581,7 +586,7 @@ async fn preload(db: &DatabaseConnection, account_id: i64, count: u64) -> Result
     let counts = format!(
         "INSERT INTO task_counts (account_id, is_test, project, batch, task_type, status, total) \
          SELECT {account_id}, false, '', '', 'imageannotation', status, COUNT(*) FROM tasks \
-         WHERE account_id = {account_id} AND created_at < 1800000000000 GROUP BY status \
+         WHERE {scope} GROUP BY status \
          ON CONFLICT (account_id, is_test, project, batch, task_type, status, shard) DO UPDATE SET total = task_counts.total + excluded.total"
     );
     db.execute_unprepared(&counts).await?;
@@ -732,6 +737,9 @@ async fn bench_database(
         }};
     }
     let seq = Arc::new(AtomicU64::new(1_000_000));
+    // Each gRPC scenario runs right after its REST twin, so the two are compared on the same
+    // database state and the same moment of this shared machine.
+    let clients = Arc::new(server.grpc(4).await?);
     let s = server.clone();
     scenario!(
         "create (REST)",
@@ -742,6 +750,31 @@ async fn bench_database(
                 s.post("/v1/task/imageannotation", &image_task(7), None)
                     .await
                     .map(drop)
+            }
+        }
+    );
+    let (s, c) = (server.clone(), clients.clone());
+    scenario!(
+        "create (gRPC)",
+        Some(("insert/txn", insert_base)),
+        move |w, _| {
+            let (s, channel) = (s.clone(), c[w % c.len()].clone());
+            async move {
+                let fields = image_task(3);
+                let params = annotask::api::grpc::convert::json_to_struct(
+                    fields.as_object().ok_or("object")?,
+                );
+                let request = CreateTaskRequest {
+                    r#type: "imageannotation".into(),
+                    params: Some(params),
+                    ..Default::default()
+                };
+                grpc_call(
+                    channel,
+                    "/annotask.v1.TaskService/CreateTask",
+                    s.grpc_request(request),
+                )
+                .await
             }
         }
     );
@@ -786,6 +819,26 @@ async fn bench_database(
             async move { s.get(&format!("/v1/task/{id}")).await.map(drop) }
         }
     );
+    let (s, c, i) = (server.clone(), clients.clone(), ids.clone());
+    scenario!(
+        "get (gRPC)",
+        Some(("PK select", select_base)),
+        move |w, n| {
+            let (s, channel, id) = (
+                s.clone(),
+                c[w % c.len()].clone(),
+                i[(w * 7 + n as usize) % i.len()].clone(),
+            );
+            async move {
+                grpc_call(
+                    channel,
+                    "/annotask.v1.TaskService/GetTask",
+                    s.grpc_request(GetTaskRequest { task_id: id }),
+                )
+                .await
+            }
+        }
+    );
     let s = server.clone();
     scenario!(
         "list, first page of 100",
@@ -793,6 +846,25 @@ async fn bench_database(
         move |_, _| {
             let s = s.clone();
             async move { s.get("/v1/tasks?limit=100").await.map(drop) }
+        }
+    );
+    let (s, c) = (server.clone(), clients.clone());
+    scenario!(
+        "list, first page of 100 (gRPC)",
+        Some(("keyset page", page_base)),
+        move |w, _| {
+            let (s, channel) = (s.clone(), c[w % c.len()].clone());
+            async move {
+                grpc_call(
+                    channel,
+                    "/annotask.v1.TaskService/ListTasks",
+                    s.grpc_request(ListTasksRequest {
+                        limit: 100,
+                        ..Default::default()
+                    }),
+                )
+                .await
+            }
         }
     );
     let s = server.clone();
@@ -916,71 +988,6 @@ async fn bench_database(
         move |w, n| {
             let (s, id) = (s.clone(), i[(w * 7 + n as usize) % i.len()].clone());
             async move { mixed_request(&s, &id, n).await }
-        }
-    );
-    let clients = Arc::new(server.grpc(4).await?);
-    let (s, c) = (server.clone(), clients.clone());
-    scenario!(
-        "create (gRPC)",
-        Some(("insert/txn", insert_base)),
-        move |w, _| {
-            let (s, channel) = (s.clone(), c[w % c.len()].clone());
-            async move {
-                let fields = image_task(3);
-                let params = annotask::api::grpc::convert::json_to_struct(
-                    fields.as_object().ok_or("object")?,
-                );
-                let request = CreateTaskRequest {
-                    r#type: "imageannotation".into(),
-                    params: Some(params),
-                    ..Default::default()
-                };
-                grpc_call(
-                    channel,
-                    "/annotask.v1.TaskService/CreateTask",
-                    s.grpc_request(request),
-                )
-                .await
-            }
-        }
-    );
-    let (s, c, i) = (server.clone(), clients.clone(), ids.clone());
-    scenario!(
-        "get (gRPC)",
-        Some(("PK select", select_base)),
-        move |w, n| {
-            let (s, channel, id) = (
-                s.clone(),
-                c[w % c.len()].clone(),
-                i[(w * 7 + n as usize) % i.len()].clone(),
-            );
-            async move {
-                grpc_call(
-                    channel,
-                    "/annotask.v1.TaskService/GetTask",
-                    s.grpc_request(GetTaskRequest { task_id: id }),
-                )
-                .await
-            }
-        }
-    );
-    let (s, c) = (server.clone(), clients.clone());
-    scenario!(
-        "list, first page of 100 (gRPC)",
-        Some(("keyset page", page_base)),
-        move |w, _| {
-            let (s, channel) = (s.clone(), c[w % c.len()].clone());
-            async move {
-                grpc_call(
-                    channel,
-                    "/annotask.v1.TaskService/ListTasks",
-                    s.grpc_request(ListTasksRequest {
-                        limit: 100,
-                        ..Default::default()
-                    }),
-                )
-                .await
-            }
         }
     );
 

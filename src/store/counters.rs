@@ -4,7 +4,7 @@
 //! applies them at once. Every create of an account touches the same few counter keys, whose
 //! row locks are then held until commit: on PostgreSQL each key has a row per shard and each
 //! transaction writes to the next shard in turn, so concurrent writers rarely queue on the
-//! same rows, and all three tables are upserted in one statement.
+//! same rows, and all four tables are upserted in one statement.
 
 use std::collections::BTreeMap;
 

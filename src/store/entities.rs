@@ -75,6 +75,9 @@ pub mod tasks {
         pub lease_token_hash: Option<String>,
         pub lease_expires_at: Option<i64>,
         pub project_param_version: Option<i64>,
+        /// `updated_at` in whole hours since the epoch, for the update-window index (it
+        /// changes only when an update lands in another hour than the task's last).
+        pub updated_hour: i64,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

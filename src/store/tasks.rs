@@ -14,7 +14,7 @@ use sea_orm::{
 use super::{
     batches::OnBatchCompleted,
     changes::{ChangeKind, TaskChange},
-    counters::{CounterDeltas, COMPLETED_EVENT, HOUR_MILLIS, UPDATED_EVENT},
+    counters::{hour_of, CounterDeltas, COMPLETED_EVENT, HOUR_MILLIS, UPDATED_EVENT},
     entities::{
         task_counts, task_event_hour_counts, task_hour_counts, task_tag_counts, task_tags, tasks,
     },
@@ -826,6 +826,13 @@ pub(super) fn filter_condition(scope: Scope, filter: &TaskFilter) -> Condition {
             condition = condition.add(column.lte(to.millis()));
         }
     }
+    // Implied by the update window, and what its index is on.
+    if let Some(from) = filter.updated.from {
+        condition = condition.add(tasks::Column::UpdatedHour.gte(hour_of(from)));
+    }
+    if let Some(to) = filter.updated.to {
+        condition = condition.add(tasks::Column::UpdatedHour.lte(hour_of(to)));
+    }
     if let Some(status) = filter.status {
         condition = condition.add(tasks::Column::Status.eq(status.as_str()));
     }
@@ -950,6 +957,7 @@ pub(super) fn to_active_model(task: &Task) -> Result<tasks::ActiveModel> {
         clear_unique_id_on_error: Set(task.clear_unique_id_on_error),
         created_at: Set(task.created_at.millis()),
         updated_at: Set(task.updated_at.millis()),
+        updated_hour: Set(hour_of(task.updated_at)),
         completed_at: Set(task.completed_at.map(Timestamp::millis)),
         project_param_version: Set(task.project_param_version),
         lease_token_hash: Set(task.lease.as_ref().map(|lease| lease.token_hash.clone())),
@@ -1035,6 +1043,7 @@ where
         lease_token_hash: row.try_get(21)?,
         lease_expires_at: row.try_get(22)?,
         project_param_version: row.try_get(23)?,
+        updated_hour: row.try_get(24)?,
     })
 }
 
@@ -1133,6 +1142,7 @@ mod tests {
             "lease_token_hash",
             "lease_expires_at",
             "project_param_version",
+            "updated_hour",
         ];
         let declared: Vec<String> = tasks::Column::iter()
             .map(|column| column.to_string())

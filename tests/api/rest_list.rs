@@ -675,6 +675,7 @@ async fn completion_and_update_window_totals_match_the_rows_across_hours(app: Te
         "DROP TABLE task_event_hour_counts",
         "DROP INDEX ix_tasks_updated",
         "DROP INDEX ix_tasks_completed",
+        "ALTER TABLE tasks DROP COLUMN updated_hour",
         "DELETE FROM seaql_migrations WHERE version = 'm20261201_000010_task_event_hour_counts'",
     ] {
         sea_orm::ConnectionTrait::execute_unprepared(&db, undo)

@@ -154,13 +154,19 @@ async fn scrape_when(app: &TestApp, ready: impl Fn(&str) -> bool) -> String {
 async fn database_pool_use_is_exported(app: TestApp) {
     const POOL: &str = "annotask_db_pool_connections";
     const MAX: &str = "annotask_db_pool_max_connections";
-    let page = scrape_when(&app, |page| page.contains(MAX)).await;
     // SQLite: one writer, four readers, four for read transactions; PostgreSQL: the
     // configured 32, half for writes (and read transactions), half for plain reads.
     let pools: &[(&str, f64)] = match app.backend {
         Backend::Sqlite => &[("write", 1.0), ("read", 4.0), ("snapshot", 4.0)],
         Backend::Postgres => &[("write", 16.0), ("read", 16.0)],
     };
+    // The gauges are set pool by pool: wait for the last one, not the first.
+    let page = scrape_when(&app, |page| {
+        pools
+            .iter()
+            .all(|(pool, _)| page.contains(&format!("{MAX}{{pool=\"{pool}\"}}")))
+    })
+    .await;
     for &(pool, max) in pools {
         assert_eq!(
             sample(&page, MAX, &[("pool", pool)]),
