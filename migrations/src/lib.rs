@@ -12,6 +12,7 @@ mod m20261130_000007_task_tag_counts;
 mod m20261130_000008_task_change_log;
 mod m20261130_000009_sharded_counters;
 mod m20261201_000010_task_event_hour_counts;
+mod m20261201_000011_review_status_index;
 
 pub struct Migrator;
 
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000008_task_change_log::Migration),
             Box::new(m20261130_000009_sharded_counters::Migration),
             Box::new(m20261201_000010_task_event_hour_counts::Migration),
+            Box::new(m20261201_000011_review_status_index::Migration),
         ]
     }
 }
