@@ -37,8 +37,8 @@ use crate::{
 /// `created` holds the ids the task insert returned; every other insert joins on it.
 static INSERT_NEW_TASKS: LazyLock<String> = LazyLock::new(|| insert_new_tasks_sql(false));
 
-/// The same under Idempotency-Keys (the last parameter, [`CLAIMS_PARAM`]: one claim per key, the key's row with its answer, and
-/// the id of the task it creates, if any). The claims are inserted first, and a key already
+/// The same under Idempotency-Keys (the last parameter, [`CLAIMS_PARAM`]: one claim per key,
+/// the key's row with its answer, and the id of the task it creates, if any). The claims are inserted first, and a key already
 /// stored (by an earlier request, expired or not, or by a concurrent one, whose commit the
 /// insert waits for) is skipped with its task: the statement returns the keys it claimed, and
 /// the caller sends the others down the transaction path, which reads what is stored. No look-up

@@ -381,26 +381,26 @@ impl Clock {
         first: Option<i64>,
         end: Option<i64>,
     ) -> Result<u64> {
+        let in_hours = |condition: Condition, hour: SimpleExpr| {
+            let hour = Expr::expr(hour);
+            condition
+                .add_option(first.map(|first| hour.clone().gte(first)))
+                .add_option(end.map(|end| hour.lt(end)))
+        };
         let created_hours = || {
-            let mut condition = condition.clone();
-            if let Some(first) = first {
-                condition = condition.add(task_hour_counts::Column::CreatedHour.gte(first));
-            }
-            if let Some(end) = end {
-                condition = condition.add(task_hour_counts::Column::CreatedHour.lt(end));
-            }
+            let condition = in_hours(
+                condition.clone(),
+                Expr::col(task_hour_counts::Column::CreatedHour).into(),
+            );
             sum_signed_counts::<task_hour_counts::Entity>(db, condition)
         };
         let event_hours = |event: &'static str| {
-            let mut condition = condition
-                .clone()
-                .add(task_event_hour_counts::Column::Event.eq(event));
-            if let Some(first) = first {
-                condition = condition.add(task_event_hour_counts::Column::Hour.gte(first));
-            }
-            if let Some(end) = end {
-                condition = condition.add(task_event_hour_counts::Column::Hour.lt(end));
-            }
+            let condition = in_hours(
+                condition
+                    .clone()
+                    .add(task_event_hour_counts::Column::Event.eq(event)),
+                Expr::col(task_event_hour_counts::Column::Hour).into(),
+            );
             sum_signed_counts::<task_event_hour_counts::Entity>(db, condition)
         };
         let sum = match self {
@@ -778,7 +778,7 @@ fn page_select(
 }
 
 /// A task by id within its scope. Every GET runs it: its text is written once per backend, as
-/// sea-query writing it anew (quoting each of the 24 column names) was a sixth of a GET's CPU.
+/// sea-query writing it anew (quoting each of the column names) was a sixth of a GET's CPU.
 fn get_task_statement(backend: DbBackend, scope: Scope, id: &TaskId) -> Statement {
     static POSTGRES: OnceLock<String> = OnceLock::new();
     static SQLITE: OnceLock<String> = OnceLock::new();
@@ -966,7 +966,7 @@ pub(super) fn to_active_model(task: &Task) -> Result<tasks::ActiveModel> {
 }
 
 /// `tasks::Entity::find()` with its column list written once, not per statement: sea-query
-/// quotes each of the 24 column names anew (two allocations each) for every statement. The
+/// quotes each of the column names anew (two allocations each) for every statement. The
 /// same text, columns in the same order (a test compares the two statements).
 pub(super) fn find_tasks() -> sea_orm::Select<tasks::Entity> {
     static COLUMNS: LazyLock<String> = LazyLock::new(|| {
@@ -982,7 +982,7 @@ pub(super) fn find_tasks() -> sea_orm::Select<tasks::Entity> {
 
 /// A task row decoded by position rather than by name. [`find_tasks`] selects the
 /// columns in declaration order (extra expressions, such as a page's total, come after them);
-/// by name, each of the 24 columns of every row cost a formatted name, a hash lookup and a
+/// by name, each column of every row cost a formatted name, a hash lookup and a
 /// string compare: about a tenth of a list page's CPU.
 pub(super) struct TaskRow(tasks::Model);
 
