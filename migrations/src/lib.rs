@@ -13,6 +13,7 @@ mod m20261130_000008_task_change_log;
 mod m20261130_000009_sharded_counters;
 mod m20261201_000010_task_event_hour_counts;
 mod m20261201_000011_review_status_index;
+mod m20261201_000012_partial_indexes;
 
 pub struct Migrator;
 
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000009_sharded_counters::Migration),
             Box::new(m20261201_000010_task_event_hour_counts::Migration),
             Box::new(m20261201_000011_review_status_index::Migration),
+            Box::new(m20261201_000012_partial_indexes::Migration),
         ]
     }
 }

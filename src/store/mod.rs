@@ -104,6 +104,10 @@ impl Store {
                         .journal_mode(SqliteJournalMode::Wal)
                         // FULL: an acknowledged task survives a power loss, not just a crash.
                         .synchronous(SqliteSynchronous::Full)
+                        // A multi-row insert keeps a statement journal (to undo just itself on
+                        // a constraint error), which spilled to a temporary file past 64 KiB:
+                        // an open, writes and an unlink per group commit.
+                        .pragma("temp_store", "MEMORY")
                         .foreign_keys(true)
                         .busy_timeout(Duration::from_secs(5))
                 });
