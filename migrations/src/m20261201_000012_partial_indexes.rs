@@ -1,10 +1,11 @@
 //! Four task indexes become partial: a task adds an entry only when it has the column set.
 //! Most tasks have no unique_id, no lease, and many no project or batch, yet each of them
 //! wrote an entry for NULL to all four (btree indexes keep NULLs on both databases): four of
-//! the eleven index entries a plain create wrote. Every query these indexes serve compares the
-//! column with a value (`unique_id = ?`, `project = ?`, `batch = ?`, `lease_expires_at > ?`),
-//! which implies `IS NOT NULL`, so both planners still use them. The new index is built before
-//! the old one is dropped, so uniqueness of unique_ids is never unguarded.
+//! the nine index entries a plain create wrote (five now). Every query these indexes serve
+//! compares the column with a value (`unique_id = ?`, `project = ?`, `batch = ?`,
+//! `lease_expires_at > ?`), which implies `IS NOT NULL`, so both planners still use them.
+//! The new index is built before the old one is dropped, so uniqueness of unique_ids is never
+//! unguarded.
 
 use sea_orm_migration::prelude::*;
 
