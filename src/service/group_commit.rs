@@ -229,7 +229,7 @@ fn fail_queued_creates(receiver: &Mutex<mpsc::Receiver<Pending>>) {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::{future::Future, pin::Pin, time::Duration};
 
     use super::*;
 
@@ -238,6 +238,20 @@ mod tests {
             group,
             unreachable_meanwhile: false,
         }
+    }
+
+    fn one_group_being_written() -> watch::Sender<Writes> {
+        watch::channel(Writes {
+            groups: 1,
+            unreachable: 0,
+        })
+        .0
+    }
+
+    async fn still_waiting(gathering: Pin<&mut impl Future>) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), gathering)
+            .await
+            .is_err()
     }
 
     async fn queued(items: usize) -> (mpsc::Sender<usize>, Mutex<mpsc::Receiver<usize>>) {
@@ -261,14 +275,13 @@ mod tests {
     #[tokio::test]
     async fn while_a_group_is_written_a_small_one_waits_for_that_write_to_end() {
         let (_sender, receiver) = queued(3).await;
-        let (writing, _) = watch::channel(Writes {
-            groups: 1,
-            unreachable: 0,
-        });
+        let writing = one_group_being_written();
         let gathering = gather(&receiver, &writing);
         tokio::pin!(gathering);
-        let early = tokio::time::timeout(Duration::from_millis(50), gathering.as_mut()).await;
-        assert!(early.is_err(), "a group of 3 started beside another");
+        assert!(
+            still_waiting(gathering.as_mut()).await,
+            "a group of 3 started beside another"
+        );
         writing.send_modify(|writes| writes.groups -= 1);
         assert_eq!(gathering.await, Some(gathered(vec![0, 1, 2])));
     }
@@ -276,10 +289,7 @@ mod tests {
     #[tokio::test]
     async fn while_a_group_is_written_enough_creates_start_the_next() {
         let (sender, receiver) = queued(MIN_OVERLAPPING_GROUP - 1).await;
-        let (writing, _) = watch::channel(Writes {
-            groups: 1,
-            unreachable: 0,
-        });
+        let writing = one_group_being_written();
         let late = tokio::spawn(async move { sender.send(usize::MAX).await });
         let group = gather(&receiver, &writing).await.unwrap().group;
         assert_eq!(group.len(), MIN_OVERLAPPING_GROUP);
@@ -290,10 +300,7 @@ mod tests {
     #[tokio::test]
     async fn a_closed_queue_ends_gathering() {
         let (sender, receiver) = queued(2).await;
-        let (writing, _) = watch::channel(Writes {
-            groups: 1,
-            unreachable: 0,
-        });
+        let writing = one_group_being_written();
         drop(sender);
         assert_eq!(
             gather(&receiver, &writing).await,
@@ -305,14 +312,10 @@ mod tests {
     #[tokio::test]
     async fn a_group_waiting_while_the_database_proved_unreachable_is_told_so() {
         let (_sender, receiver) = queued(3).await;
-        let (writing, _) = watch::channel(Writes {
-            groups: 1,
-            unreachable: 0,
-        });
+        let writing = one_group_being_written();
         let gathering = gather(&receiver, &writing);
         tokio::pin!(gathering);
-        let early = tokio::time::timeout(Duration::from_millis(50), gathering.as_mut()).await;
-        assert!(early.is_err());
+        assert!(still_waiting(gathering.as_mut()).await);
         writing.send_modify(|writes| writes.unreachable += 1);
         writing.send_modify(|writes| writes.groups -= 1);
         let gathered = gathering.await.unwrap();
