@@ -18,10 +18,11 @@ use crate::{
 const MAX_GROUP: usize = 64;
 /// Creates waiting for a committer; past this, callers wait to enqueue (back-pressure).
 const QUEUE: usize = 1024;
-/// The fewest creates a group starts with while another group is being written. On PostgreSQL a
-/// group statement costs about a millisecond of the database's CPU whatever its size (starting
-/// its plan), against about 80 µs per task: two committers splitting a trickle of creates into
-/// small groups spent a quarter more of the database's CPU per task than one committer did.
+/// The fewest creates a group starts with while another group is being written. On PostgreSQL
+/// part of a group's cost does not depend on its size (starting the statement's plan was a fifth
+/// of the database's CPU during creates): two committers splitting a trickle of creates into
+/// small groups spent half as much again of the database's CPU per create as one committer did
+/// (BENCHMARKS.md).
 const MIN_OVERLAPPING_GROUP: usize = 16;
 
 struct Pending {
