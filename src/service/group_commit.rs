@@ -10,8 +10,7 @@ use super::callbacks::batch_delivery;
 use crate::{
     config::CallbackSettings,
     error::{Error, Result},
-    store::OnBatchCompleted,
-    store::{NewTask, Store, StoredOutcome},
+    store::{NewTask, OnBatchCompleted, Store, StoredOutcome},
 };
 
 /// The most creates one transaction carries.
@@ -100,6 +99,7 @@ async fn commit_loop(
         }
         let _writing = WritingGroup::enter(&writes);
         let unreachable = settle(&store, &on_batch_completed, &receiver, gathered.group).await;
+        // Counted before `_writing` ends this write, so a group waiting for that end sees it.
         if unreachable {
             writes.send_modify(|writes| writes.unreachable += 1);
         }

@@ -38,13 +38,14 @@ use crate::{
 static INSERT_NEW_TASKS: LazyLock<String> = LazyLock::new(|| insert_new_tasks_sql(false));
 
 /// The same under Idempotency-Keys (the last parameter, [`CLAIMS_PARAM`]: one claim per key,
-/// the key's row with its answer, and the id of the task it creates, if any). The claims are inserted first, and a key already
-/// stored (by an earlier request, expired or not, or by a concurrent one, whose commit the
-/// insert waits for) is skipped with its task: the statement returns the keys it claimed, and
-/// the caller sends the others down the transaction path, which reads what is stored. No look-up
-/// of the keys table: a join there was planned as a scan of the whole table once the plan
-/// cached while it was small. A claimed key's answer is its task, created: only a unique_id
-/// could refuse the task, and tasks with one take the transaction path.
+/// the key's row with its answer, and the id of the task it creates, if any). The claims are
+/// inserted first, and a key already stored (by an earlier request, expired or not, or by a
+/// concurrent one, whose commit the insert waits for) is skipped with its task: the statement
+/// returns the keys it claimed, and the caller sends the others down the transaction path,
+/// which reads what is stored. No look-up of the keys table: a join there was planned as a scan
+/// of the whole table once the plan cached while it was small. A claimed key's answer is its
+/// task, created: only a unique_id could refuse the task, and tasks with one take the
+/// transaction path.
 static INSERT_NEW_TASKS_UNDER_KEYS: LazyLock<String> = LazyLock::new(|| insert_new_tasks_sql(true));
 
 /// The statements' first counter parameter, after the tasks, tag rows and deliveries.
