@@ -24,6 +24,15 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// Creates per group commit (at most 64).
+const GROUP_SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
+
+/// Upper bounds (seconds) of a create group's write, commit included: finer than the request
+/// latencies, as a group on a local disk takes about a millisecond.
+const GROUP_WRITE_BUCKETS: &[f64] = &[
+    0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1, 0.5, 2.5,
+];
+
 /// Logs go to stderr (stdout carries the CLI's output, e.g. a new API key), as JSON lines when
 /// `ANNOTASK_LOG_FORMAT=json`, else as text (coloured only on a terminal).
 pub fn init_tracing() {
@@ -55,6 +64,18 @@ pub fn prometheus() -> Option<&'static PrometheusHandle> {
                     Matcher::Suffix("_duration_seconds".to_owned()),
                     LATENCY_BUCKETS,
                 )
+                .and_then(|builder| {
+                    builder.set_buckets_for_metric(
+                        Matcher::Full("annotask_create_group_size".to_owned()),
+                        GROUP_SIZE_BUCKETS,
+                    )
+                })
+                .and_then(|builder| {
+                    builder.set_buckets_for_metric(
+                        Matcher::Full("annotask_create_group_write_seconds".to_owned()),
+                        GROUP_WRITE_BUCKETS,
+                    )
+                })
                 .and_then(PrometheusBuilder::install_recorder);
             match installed {
                 Ok(handle) => {

@@ -180,7 +180,11 @@ async fn settle(
         .into_iter()
         .map(|pending| (pending.creation, pending.reply))
         .unzip();
+    let started = std::time::Instant::now();
     let outcome = store.create_tasks(&items, on_batch_completed).await;
+    metrics::histogram!("annotask_create_group_size").record(items.len() as f64);
+    metrics::histogram!("annotask_create_group_write_seconds")
+        .record(started.elapsed().as_secs_f64());
     let unreachable = matches!(outcome, Err(Error::Unavailable));
     match outcome {
         Ok(outcomes) => {

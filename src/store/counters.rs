@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use super::{
     entities::{task_counts, task_event_hour_counts, task_hour_counts, task_tag_counts},
+    one_statement::{sqlite_json_field, sqlite_json_rows, sqlite_row_was_created},
     tasks::{statement_sized_chunks, to_json_text, ROWS_PER_INSERT},
 };
 use crate::{
@@ -517,6 +518,42 @@ pub(super) fn counter_upsert_ctes(rows: CounterRows, first_param: usize) -> Stri
         ));
     }
     ctes.join(", ")
+}
+
+/// SQLite: the counter upserts as statements of one multi-statement text, each reading the rows
+/// of [`created_task_counter_rows`] (shard 0) from its one JSON parameter, in table order, and
+/// counting only the tasks that exist by then: task ids are new, so a task row with one is a
+/// task the same text just created (one refused for its unique_id is not there).
+pub(super) fn sqlite_counter_upserts_of_created_tasks() -> Vec<String> {
+    COUNTER_TABLES
+        .iter()
+        .map(|counter| {
+            let columns = counter
+                .key
+                .iter()
+                .map(|(column, _)| *column)
+                .collect::<Vec<_>>()
+                .join(", ");
+            let extracted = counter
+                .key
+                .iter()
+                .map(|(column, _)| format!("{} AS {column}", sqlite_json_field(column)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!(
+                "{rows}INSERT INTO {table} ({columns}, total) \
+                 SELECT {columns}, SUM(total) FROM (\
+                   SELECT {extracted}, {total} AS total FROM r \
+                   WHERE {created}\
+                 ) WHERE true GROUP BY {columns} \
+                 ON CONFLICT ({columns}) DO UPDATE SET total = {table}.total + excluded.total",
+                rows = sqlite_json_rows(),
+                table = counter.table,
+                total = sqlite_json_field("total"),
+                created = sqlite_row_was_created(),
+            )
+        })
+        .collect()
 }
 
 static UPSERT_ALL_COUNTERS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {

@@ -22,10 +22,10 @@ use sea_orm::{
 use super::{
     callbacks::delivery_row,
     counters::{
-        counter_upsert_ctes, created_task_counter_rows, next_shard, CounterRows,
-        COUNTER_TABLE_COUNT,
+        counter_upsert_ctes, created_task_counter_rows, next_shard,
+        sqlite_counter_upserts_of_created_tasks, CounterRows, COUNTER_TABLE_COUNT,
     },
-    entities::{callback_deliveries, idempotency_keys, task_tags},
+    entities::{callback_deliveries, idempotency_keys, task_tags, tasks},
     tasks::{to_active_model, to_json_text, BulkInserted},
     Store,
 };
@@ -116,6 +116,119 @@ fn insert_new_tasks_sql(under_keys: bool) -> String {
     )
 }
 
+/// SQLite: the same rows in one multi-statement text, so the writer thread gets them in one
+/// round trip (each statement sent on its own is a hand-off to that thread and back: a group
+/// of creates was about ten of them). Every statement reads its rows from one JSON parameter,
+/// so the text is the same whatever the group's size and stays prepared. Tags, deliveries and
+/// counters are written only for tasks that exist once the task insert has run: their ids are
+/// new, so those are the tasks it created.
+///
+/// Each statement has exactly one parameter, an anonymous `?`: sqlx binds a text's arguments to
+/// its statements' anonymous parameters in order, so statement N reads argument N. (A numbered
+/// `?N` would not do: the N − 1 slots below it count as anonymous ones and use up arguments.)
+static SQLITE_INSERT_NEW_TASKS: LazyLock<String> = LazyLock::new(|| {
+    let created = sqlite_row_was_created();
+    let mut statements = vec![
+        sqlite_insert_from_json(
+            "tasks",
+            tasks::Column::iter().map(|column| column.as_str().to_owned()),
+            "true ON CONFLICT DO NOTHING RETURNING task_id",
+        ),
+        sqlite_insert_from_json(
+            "task_tags",
+            task_tags::Column::iter().map(|column| column.as_str().to_owned()),
+            &created,
+        ),
+        sqlite_insert_from_json(
+            "callback_deliveries",
+            callback_deliveries::Column::iter()
+                .filter(|column| !matches!(column, callback_deliveries::Column::Id))
+                .map(|column| column.as_str().to_owned()),
+            &created,
+        ),
+    ];
+    statements.extend(sqlite_counter_upserts_of_created_tasks());
+    statements.join(";\n")
+});
+
+/// `INSERT INTO table (columns)` of the rows of the statement's JSON array parameter that meet
+/// `condition`, as [`sqlite_json_field`] reads them.
+fn sqlite_insert_from_json(
+    table: &str,
+    columns: impl Iterator<Item = String>,
+    condition: &str,
+) -> String {
+    let columns: Vec<String> = columns.collect();
+    let extracted = columns
+        .iter()
+        .map(|column| sqlite_json_field(column))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "{rows}INSERT INTO {table} ({columns}) SELECT {extracted} FROM r WHERE {condition}",
+        rows = sqlite_json_rows(),
+        columns = columns.join(", "),
+    )
+}
+
+/// The rows of the statement's one parameter (a JSON array) as the table `r`, each row's
+/// object as JSONB (SQLite 3.46 has no `jsonb_each`): converted once and kept, not rebuilt for
+/// every field read (with `json_each` alone each row is JSON text, built anew and parsed again
+/// for every field read from it, and reading fields by path from the parameter instead
+/// compared the parameter's whole text with SQLite's parse cache on every read: either way
+/// SQLite's writer spent more time on JSON than on inserting).
+pub(super) fn sqlite_json_rows() -> &'static str {
+    "WITH r AS MATERIALIZED (SELECT jsonb(value) AS value FROM json_each(?)) "
+}
+
+/// Field `name` of a row of [`sqlite_json_rows`] as an SQL value: a JSON string as text, a
+/// number or boolean as an integer, null as NULL.
+pub(super) fn sqlite_json_field(name: &str) -> String {
+    format!("r.value ->> '{name}'")
+}
+
+/// Whether the task of row `r` exists.
+pub(super) fn sqlite_row_was_created() -> String {
+    format!(
+        "EXISTS (SELECT 1 FROM tasks AS t WHERE t.task_id = {})",
+        sqlite_json_field("task_id")
+    )
+}
+
+/// Inserts new tasks on SQLite inside `txn` in one round trip (see
+/// [`SQLITE_INSERT_NEW_TASKS`]); tasks refused for their unique_id are answered with the
+/// holder. Only for tasks [`rows_can_be_inserted_together`] accepts.
+pub(super) async fn sqlite_insert_new_tasks(
+    txn: &impl ConnectionTrait,
+    items: &[(Task, Option<NewDelivery>)],
+) -> Result<Vec<BulkInserted>> {
+    // One writer, one row per counter key: SQLite keeps every counter in shard 0.
+    let rows = txn
+        .query_all(Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            SQLITE_INSERT_NEW_TASKS.as_str(),
+            new_task_values(items, 0)?,
+        ))
+        .await?;
+    let created = rows
+        .iter()
+        .map(|row| row.try_get::<String>("", "task_id"))
+        .collect::<std::result::Result<HashSet<_>, _>>()?;
+    unique_id_outcomes(txn, items.iter().map(|(task, _)| task), &created).await
+}
+
+/// Whether new tasks can be written by the statements above: none in a batch (a batch's status
+/// is settled from its counters after they are written), and every callback delivery about
+/// its own task.
+pub(super) fn rows_can_be_inserted_together(items: &[(Task, Option<NewDelivery>)]) -> bool {
+    items.iter().all(|(task, delivery)| {
+        task.batch.is_none()
+            && delivery.as_ref().is_none_or(|delivery| {
+                matches!(&delivery.subject, CallbackSubject::Task(subject) if subject.id == task.id)
+            })
+    })
+}
+
 /// What the statement under keys did: the tasks it created and the keys it stored.
 pub(super) struct InsertedUnderKeys {
     pub created: HashSet<String>,
@@ -128,13 +241,7 @@ impl Store {
         &self,
         items: &[(Task, Option<NewDelivery>)],
     ) -> bool {
-        self.is_postgres()
-            && items.iter().all(|(task, delivery)| {
-                task.batch.is_none()
-                    && delivery.as_ref().is_none_or(|delivery| {
-                        matches!(&delivery.subject, CallbackSubject::Task(subject) if subject.id == task.id)
-                    })
-            })
+        self.is_postgres() && rows_can_be_inserted_together(items)
     }
 
     /// Inserts new tasks (see the module): each is created, or refused because another task
@@ -150,7 +257,7 @@ impl Store {
             .query_all(Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 INSERT_NEW_TASKS.as_str(),
-                new_task_values(items)?,
+                new_task_values(items, next_shard())?,
             ))
             .await?;
         let created = rows
@@ -171,7 +278,7 @@ impl Store {
         items: &[(Task, Option<NewDelivery>)],
         claims: &[(idempotency_keys::ActiveModel, Option<String>)],
     ) -> Result<InsertedUnderKeys> {
-        let mut values = new_task_values(items)?;
+        let mut values = new_task_values(items, next_shard())?;
         let mut claim_rows = Vec::with_capacity(claims.len());
         for (record, task_id) in claims {
             let mut row = row_json(record)?;
@@ -208,7 +315,7 @@ impl Store {
 
 /// The statements' parameters up to the claims: the tasks, their tag rows, their callback
 /// deliveries and their counter rows.
-fn new_task_values(items: &[(Task, Option<NewDelivery>)]) -> Result<Vec<Value>> {
+fn new_task_values(items: &[(Task, Option<NewDelivery>)], shard: i32) -> Result<Vec<Value>> {
     // Unique_id index entries are locked in one order by every writer.
     let mut order: Vec<usize> = (0..items.len()).collect();
     order.sort_by(|&a, &b| items[a].0.unique_id.cmp(&items[b].0.unique_id));
@@ -235,7 +342,7 @@ fn new_task_values(items: &[(Task, Option<NewDelivery>)]) -> Result<Vec<Value>> 
         to_json_text(&tag_rows)?.into(),
         to_json_text(&delivery_rows)?.into(),
     ];
-    let counter_rows = created_task_counter_rows(items.iter().map(|(task, _)| task), next_shard())?;
+    let counter_rows = created_task_counter_rows(items.iter().map(|(task, _)| task), shard)?;
     values.extend(counter_rows.into_iter().map(Value::from));
     Ok(values)
 }
@@ -299,4 +406,31 @@ fn row_json<A: ActiveModelTrait>(model: &A) -> Result<serde_json::Map<String, se
         row.insert(column.as_str().to_owned(), json);
     }
     Ok(row)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// sqlx binds NULL, silently, to a parameter left without an argument: the SQLite text must
+    /// have exactly one anonymous `?` per argument, each statement one.
+    #[test]
+    fn the_sqlite_text_has_one_parameter_per_argument_in_every_statement() {
+        let arguments = 3 + COUNTER_TABLE_COUNT;
+        let statements: Vec<&str> = SQLITE_INSERT_NEW_TASKS.split(";\n").collect();
+        assert_eq!(statements.len(), arguments);
+        for statement in statements {
+            let parameters: Vec<&str> = statement
+                .match_indices('?')
+                .map(|(at, _)| &statement[at..])
+                .collect();
+            assert_eq!(parameters.len(), 1, "{statement}");
+            assert!(
+                parameters[0][1..].starts_with(|next: char| !next.is_ascii_alphanumeric()),
+                "a numbered or named parameter: {statement}"
+            );
+        }
+        let values = new_task_values(&[], 0).map_err(|_| "no values").unwrap();
+        assert_eq!(values.len(), arguments);
+    }
 }

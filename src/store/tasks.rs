@@ -615,6 +615,11 @@ pub(super) async fn insert_tasks_in(
     items: &[(Task, Option<NewDelivery>)],
     on_batch_completed: OnBatchCompleted<'_>,
 ) -> Result<Vec<BulkInserted>> {
+    if txn.get_database_backend() == DbBackend::Sqlite
+        && super::one_statement::rows_can_be_inserted_together(items)
+    {
+        return super::one_statement::sqlite_insert_new_tasks(txn, items).await;
+    }
     let mut order: Vec<usize> = (0..items.len()).collect();
     order.sort_by(|&a, &b| items[a].0.unique_id.cmp(&items[b].0.unique_id));
     let mut inserted = std::collections::HashSet::new();

@@ -1318,6 +1318,22 @@ async fn healthz_and_metrics_answer_without_auth(app: TestApp) {
     let in_every_bucket = [create[0], create[1], ("le", "+Inf")];
     let bucket = "annotask_http_request_duration_seconds_bucket";
     assert_eq!(grew(bucket, &in_every_bucket), 1.0, "{text}");
+    // It was written as a group of one, in the group metrics' own buckets.
+    let group_of_one = [("le", "1")];
+    assert_eq!(
+        grew("annotask_create_group_size_bucket", &group_of_one),
+        1.0,
+        "{text}"
+    );
+    assert!(
+        text.contains("annotask_create_group_write_seconds_bucket{le=\"0.00025\"}"),
+        "{text}"
+    );
+    assert_eq!(
+        grew("annotask_create_group_write_seconds_count", &[]),
+        1.0,
+        "{text}"
+    );
 }
 
 async fn an_unknown_path_is_a_404_with_a_json_body(app: TestApp) {
