@@ -398,6 +398,18 @@ struct CounterTable {
     key: &'static [(&'static str, &'static str)],
 }
 
+impl CounterTable {
+    /// The key's columns, each written by `each` from its name and PostgreSQL type, joined by
+    /// commas.
+    fn key_list(&self, each: impl Fn(&str, &str) -> String) -> String {
+        self.key
+            .iter()
+            .map(|(column, sql_type)| each(column, sql_type))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 /// How many counter tables there are: the counter upserts read one JSON parameter each.
 pub(super) const COUNTER_TABLE_COUNT: usize = COUNTER_TABLES.len();
 
@@ -475,33 +487,18 @@ pub(super) fn counter_upsert_ctes(rows: CounterRows, first_param: usize) -> Stri
     let mut ctes = Vec::new();
     for (offset, counter) in COUNTER_TABLES.iter().enumerate() {
         let param = first_param + offset;
-        let columns = counter
-            .key
-            .iter()
-            .map(|(column, _)| *column)
-            .collect::<Vec<_>>()
-            .join(", ");
-        let typed = counter
-            .key
-            .iter()
-            .map(|(column, sql_type)| format!("{column} {sql_type}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let columns = counter.key_list(|column, _| column.to_owned());
+        let typed = counter.key_list(|column, sql_type| format!("{column} {sql_type}"));
         let source = match rows {
             CounterRows::Summed => format!(
                 "SELECT {columns}, total FROM json_to_recordset(${param}::json) \
                  AS r({typed}, total bigint)"
             ),
             CounterRows::PerCreatedTask => {
-                let in_key_order = counter
-                    .key
-                    .iter()
-                    .map(|(column, sql_type)| match *sql_type {
-                        "text" => format!("{column} COLLATE \"C\""),
-                        _ => (*column).to_owned(),
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let in_key_order = counter.key_list(|column, sql_type| match sql_type {
+                    "text" => format!("{column} COLLATE \"C\""),
+                    _ => column.to_owned(),
+                });
                 format!(
                     "SELECT {columns}, SUM(total)::bigint FROM json_to_recordset(${param}::json) \
                      AS r(task_id text, {typed}, total bigint) JOIN created USING (task_id) \
@@ -528,18 +525,9 @@ pub(super) fn sqlite_counter_upserts_of_created_tasks() -> Vec<String> {
     COUNTER_TABLES
         .iter()
         .map(|counter| {
-            let columns = counter
-                .key
-                .iter()
-                .map(|(column, _)| *column)
-                .collect::<Vec<_>>()
-                .join(", ");
-            let extracted = counter
-                .key
-                .iter()
-                .map(|(column, _)| format!("{} AS {column}", sqlite_json_field(column)))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let columns = counter.key_list(|column, _| column.to_owned());
+            let extracted =
+                counter.key_list(|column, _| format!("{} AS {column}", sqlite_json_field(column)));
             format!(
                 "{rows}INSERT INTO {table} ({columns}, total) \
                  SELECT {columns}, SUM(total) FROM (\

@@ -203,18 +203,26 @@ pub(super) async fn sqlite_insert_new_tasks(
     items: &[(Task, Option<NewDelivery>)],
 ) -> Result<Vec<BulkInserted>> {
     // One writer, one row per counter key: SQLite keeps every counter in shard 0.
-    let rows = txn
-        .query_all(Statement::from_sql_and_values(
-            DbBackend::Sqlite,
-            SQLITE_INSERT_NEW_TASKS.as_str(),
-            new_task_values(items, 0)?,
-        ))
-        .await?;
+    let statement = Statement::from_sql_and_values(
+        DbBackend::Sqlite,
+        SQLITE_INSERT_NEW_TASKS.as_str(),
+        new_task_values(items, 0)?,
+    );
+    let created = created_task_ids(txn, statement).await?;
+    unique_id_outcomes(txn, items.iter().map(|(task, _)| task), &created).await
+}
+
+/// Runs an insert of new tasks that returns the `task_id` of each task it created.
+async fn created_task_ids(
+    db: &impl ConnectionTrait,
+    statement: Statement,
+) -> Result<HashSet<String>> {
+    let rows = db.query_all(statement).await?;
     let created = rows
         .iter()
         .map(|row| row.try_get::<String>("", "task_id"))
         .collect::<std::result::Result<HashSet<_>, _>>()?;
-    unique_id_outcomes(txn, items.iter().map(|(task, _)| task), &created).await
+    Ok(created)
 }
 
 /// Whether new tasks can be written by the statements above: none in a batch (a batch's status
@@ -253,17 +261,12 @@ impl Store {
         db: &impl ConnectionTrait,
         items: &[(Task, Option<NewDelivery>)],
     ) -> Result<Vec<BulkInserted>> {
-        let rows = db
-            .query_all(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                INSERT_NEW_TASKS.as_str(),
-                new_task_values(items, next_shard())?,
-            ))
-            .await?;
-        let created = rows
-            .iter()
-            .map(|row| row.try_get::<String>("", "task_id"))
-            .collect::<Result<HashSet<String>, _>>()?;
+        let statement = Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            INSERT_NEW_TASKS.as_str(),
+            new_task_values(items, next_shard())?,
+        );
+        let created = created_task_ids(db, statement).await?;
         if !created.is_empty() {
             self.change_log_written.notify_one();
         }
