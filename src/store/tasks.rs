@@ -610,6 +610,8 @@ pub(super) fn created_changes<'a>(
         .collect()
 }
 
+/// Inserts new tasks inside `txn`: each is created, or refused for its unique_id (answered with
+/// the holder). On SQLite tasks outside batches go in one round trip (see `one_statement`).
 pub(super) async fn insert_tasks_in(
     txn: &DatabaseTransaction,
     items: &[(Task, Option<NewDelivery>)],
