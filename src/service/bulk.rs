@@ -23,10 +23,20 @@ use crate::{
 
 /// Lines committed per transaction: large enough to amortise the commit, small enough that a
 /// crash loses little work and results stream back steadily.
-pub const IMPORT_CHUNK: usize = 500;
+pub const IMPORT_CHUNK: usize = 512;
+
+/// The longest a chunk waits to fill up once its first line is in.
+const IMPORT_CHUNK_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Lines of one chunk that name the same type, project and batch share one look-up.
 type PlacementKey = (String, Option<Value>, Option<Value>);
+
+/// One chunk of input lines, checked and ready to write.
+struct PreparedChunk {
+    /// Each line's number and its place in `tasks`, or the error it answers.
+    lines: Vec<(u64, Result<usize>)>,
+    tasks: Vec<(Task, Option<NewDelivery>)>,
+}
 
 /// One input line of an import, as the transport read it.
 pub struct ImportItem {
@@ -176,53 +186,44 @@ impl Service {
             None => None,
         };
         let started = Timestamp::now();
-        let mut fingerprint = ImportFingerprint::default();
+        // Only a keyed import is ever compared with another.
+        let mut fingerprint = idempotency_key.map(|_| ImportFingerprint::default());
         let mut summary = ImportSummary::default();
-        let mut chunks = std::pin::pin!(items.ready_chunks(IMPORT_CHUNK));
-        while let Some(chunk) = chunks.next().await {
-            let mut placements = HashMap::new();
-            let mut prepared = Vec::with_capacity(chunk.len());
-            // Each line's place in `prepared`, or the error it answers.
-            let mut lines = Vec::with_capacity(chunk.len());
-            for item in chunk {
-                // The input broke off (the client went away): what was committed stays, and
-                // no summary is stored under the key, so the full import can be retried.
-                let item = item?;
-                fingerprint.add(&item);
-                let outcome = match item.request {
-                    Err(err) => Err(err),
-                    Ok((task_type, fields)) => {
-                        self.prepare_import_item(scope, &mut placements, &task_type, fields)
-                            .await
+        // Full chunks while lines keep coming (tokio's cooperative budget would cut a chunk of
+        // what happens to be ready at about 128), yet a slow sender's lines still commit soon.
+        let mut chunks = std::pin::pin!(tokio_stream::StreamExt::chunks_timeout(
+            items,
+            IMPORT_CHUNK,
+            IMPORT_CHUNK_WAIT
+        ));
+        let mut next = self
+            .next_import_chunk(scope, &mut chunks, fingerprint.as_mut())
+            .await?;
+        while let Some(chunk) = next {
+            // One chunk is written while the next is read and checked, so the database and the
+            // server work side by side. The next is written only after this one has committed,
+            // so a unique_id repeated across the two is still answered as a duplicate.
+            let following = self.next_import_chunk(scope, &mut chunks, fingerprint.as_mut());
+            tokio::pin!(following);
+            let mut read_ahead = None;
+            let insert = self.insert_import_chunk(&chunk.tasks);
+            tokio::pin!(insert);
+            // This chunk is answered as soon as it commits, not once the next has come in.
+            let inserted = loop {
+                tokio::select! {
+                    inserted = &mut insert => break inserted?,
+                    prepared = &mut following, if read_ahead.is_none() => {
+                        read_ahead = Some(prepared);
                     }
-                };
-                match outcome {
-                    Ok(ready) => {
-                        lines.push((item.line, Ok(prepared.len())));
-                        prepared.push(ready);
-                    }
-                    // Not the line's fault: end the import, as a single create would fail.
-                    Err(err @ (Error::Internal | Error::Unavailable)) => return Err(err),
-                    Err(err) => lines.push((item.line, Err(err))),
                 }
-            }
-            let inserted = if prepared.is_empty() {
-                Vec::new()
-            } else {
-                self.store
-                    .insert_tasks(&prepared, &|batch| self.batch_callback_due(batch))
-                    .await?
             };
-            if prepared.iter().any(|(_, callback)| callback.is_some()) {
-                self.deliveries_waiting.notify_one();
-            }
-            let mut answers = Vec::with_capacity(lines.len());
-            for (line, placed) in lines {
+            let mut answers = Vec::with_capacity(chunk.lines.len());
+            for (line, placed) in chunk.lines {
                 let outcome = match placed {
                     Err(err) => ImportOutcome::Error(err),
                     Ok(index) => match inserted.get(index) {
                         Some(BulkInserted::Created) => ImportOutcome::Created {
-                            task_id: prepared[index].0.id.to_string(),
+                            task_id: chunk.tasks[index].0.id.to_string(),
                         },
                         Some(BulkInserted::Duplicate { holder }) => ImportOutcome::Duplicate {
                             task_id: holder.clone(),
@@ -233,9 +234,14 @@ impl Service {
                 summary.count(&outcome);
                 answers.push(ImportLine { line, outcome });
             }
+            // Reported before the next chunk's failure (if any) ends the import: it committed.
             emit(answers)?;
+            next = match read_ahead {
+                Some(prepared) => prepared?,
+                None => following.await?,
+            };
         }
-        if let Some(key) = idempotency_key {
+        if let (Some(key), Some(fingerprint)) = (idempotency_key, fingerprint) {
             let stored = serde_json::to_string(&summary).map_err(|err| {
                 tracing::error!(error = %err, "serialising an import summary failed");
                 Error::Internal
@@ -257,6 +263,71 @@ impl Service {
             "import finished"
         );
         Ok(summary)
+    }
+
+    /// The next chunk of input lines, each checked as a single create would be; `None` at the
+    /// end of the input. Fails if the input broke off (the client went away) or a line could
+    /// not be checked for a reason that is not the line's fault.
+    async fn next_import_chunk(
+        &self,
+        scope: Scope,
+        chunks: &mut (impl Stream<Item = Vec<Result<ImportItem>>> + Unpin),
+        mut fingerprint: Option<&mut ImportFingerprint>,
+    ) -> Result<Option<PreparedChunk>> {
+        let Some(chunk) = chunks.next().await else {
+            return Ok(None);
+        };
+        let mut placements = HashMap::new();
+        let mut prepared = PreparedChunk {
+            lines: Vec::with_capacity(chunk.len()),
+            tasks: Vec::with_capacity(chunk.len()),
+        };
+        for (position, item) in chunk.into_iter().enumerate() {
+            // This runs beside the previous chunk's insert, in the same task: let that one
+            // move on between statements instead of waiting for the whole chunk to be checked.
+            if position % 50 == 49 {
+                tokio::task::yield_now().await;
+            }
+            let item = item?;
+            if let Some(fingerprint) = fingerprint.as_deref_mut() {
+                fingerprint.add(&item);
+            }
+            let outcome = match item.request {
+                Err(err) => Err(err),
+                Ok((task_type, fields)) => {
+                    self.prepare_import_item(scope, &mut placements, &task_type, fields)
+                        .await
+                }
+            };
+            match outcome {
+                Ok(ready) => {
+                    prepared.lines.push((item.line, Ok(prepared.tasks.len())));
+                    prepared.tasks.push(ready);
+                }
+                // Not the line's fault: end the import, as a single create would fail.
+                Err(err @ (Error::Internal | Error::Unavailable)) => return Err(err),
+                Err(err) => prepared.lines.push((item.line, Err(err))),
+            }
+        }
+        Ok(Some(prepared))
+    }
+
+    /// Writes one chunk's tasks in one transaction.
+    async fn insert_import_chunk(
+        &self,
+        tasks: &[(Task, Option<NewDelivery>)],
+    ) -> Result<Vec<BulkInserted>> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let inserted = self
+            .store
+            .insert_tasks(tasks, &|batch| self.batch_callback_due(batch))
+            .await?;
+        if tasks.iter().any(|(_, callback)| callback.is_some()) {
+            self.deliveries_waiting.notify_one();
+        }
+        Ok(inserted)
     }
 
     /// The same checks as a single create; project and batch look-ups are shared by the lines

@@ -10,7 +10,7 @@
 //! its commit only. Tasks refused for their unique_id are left out of every other row by joining
 //! on what the task insert returned. Tasks in a batch take the transaction path: a batch's
 //! status is settled from the counters after they are written. Imports keep their multi-row
-//! inserts too: 500 tasks per transaction leave few round trips to save.
+//! inserts too: 512 tasks per transaction leave few round trips to save.
 //!
 //! SQLite: the same rows in one multi-statement text ([`SQLITE_INSERT_NEW_TASKS`]) inside the
 //! caller's transaction, for every group of new tasks outside batches, imports included: its

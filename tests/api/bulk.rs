@@ -92,6 +92,8 @@ backend_tests!(
     a_client_that_uploads_everything_before_reading_still_gets_every_answer,
     an_export_yields_every_task_as_get_returns_it_and_resumes_after_a_task,
     grpc_import_and_export_give_the_same_answers_as_rest,
+    a_slow_senders_lines_are_answered_before_the_input_ends,
+    a_unique_id_repeated_across_chunks_is_a_duplicate_of_the_earlier_line,
 );
 
 async fn an_import_answers_every_line_in_order_and_a_reimport_creates_nothing(app: TestApp) {
@@ -290,6 +292,96 @@ async fn an_import_into_a_batch_inherits_the_project_and_counts_in_the_batch(app
     let (status, batch_status) = app.get("/v1/batches/bulkbatch/status").await;
     assert_eq!(status, StatusCode::OK, "{batch_status}");
     assert_eq!(batch_status["pending"], 30, "{batch_status}");
+}
+
+/// A sender that trickles its lines gets each answered (and committed) while it still holds
+/// the rest back: chunks fill up under load, but no line waits for a full chunk.
+async fn a_slow_senders_lines_are_answered_before_the_input_ends(app: TestApp) {
+    let (lines, receiver) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(8);
+    let body = reqwest::Body::wrap_stream(tokio_stream::wrappers::ReceiverStream::new(receiver));
+    for n in 1..=3 {
+        lines
+            .send(Ok(
+                image_line(n, Some(&format!("slow-{n}"))).to_string() + "\n"
+            ))
+            .await
+            .expect("line queued");
+    }
+    let mut response = app
+        .http
+        .post(format!("{}/v1/tasks/import", app.base_url))
+        .basic_auth(&app.api_key, Some(""))
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .expect("import started");
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut received = Vec::new();
+    let answered = tokio::time::timeout(Duration::from_secs(10), async {
+        while received.iter().filter(|&&byte| byte == b'\n').count() < 3 {
+            match response.chunk().await {
+                Ok(Some(chunk)) => received.extend_from_slice(&chunk),
+                other => panic!("the answer ended early: {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(
+        answered.is_ok(),
+        "three lines sent, the input still open: answered so far {:?}",
+        String::from_utf8_lossy(&received)
+    );
+    let first: Vec<Value> = String::from_utf8_lossy(&received)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("answer line is JSON"))
+        .collect();
+    for answer in &first {
+        assert_eq!(answer["result"], "created", "{answer}");
+        let (status, _) = app
+            .get(&format!("/v1/task/{}", answer["task_id"].as_str().unwrap()))
+            .await;
+        assert_eq!(status, StatusCode::OK, "an answered line is stored");
+    }
+    lines
+        .send(Ok(image_line(4, Some("slow-1")).to_string() + "\n"))
+        .await
+        .expect("line queued");
+    drop(lines);
+    let rest = response.text().await.expect("answer read");
+    let rest: Vec<Value> = rest
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("answer line is JSON"))
+        .collect();
+    assert_eq!(rest[0]["line"], 4);
+    assert_eq!(rest[0]["result"], "duplicate");
+    assert_eq!(rest[0]["task_id"], first[0]["task_id"]);
+    assert_eq!(
+        rest[1]["summary"],
+        json!({"lines": 4, "created": 3, "duplicate": 1, "error": 0})
+    );
+}
+
+/// Lines are written a chunk at a time, the next chunk read while the last one is written: a
+/// unique_id that comes back in a later chunk still names the task of its first line.
+async fn a_unique_id_repeated_across_chunks_is_a_duplicate_of_the_earlier_line(app: TestApp) {
+    const FIRST: usize = 700;
+    let lines: Vec<String> = (1..=2 * FIRST)
+        .map(|n| image_line(n, Some(&format!("r-{}", (n - 1) % FIRST))).to_string())
+        .collect();
+    let answers = import(&app, ndjson(&lines)).await;
+    let (results, summary) = answers.split_at(answers.len() - 1);
+    assert_eq!(
+        summary[0]["summary"],
+        json!({"lines": 2 * FIRST, "created": FIRST, "duplicate": FIRST, "error": 0})
+    );
+    for (earlier, later) in results[..FIRST].iter().zip(&results[FIRST..]) {
+        assert_eq!(earlier["result"], "created", "{earlier}");
+        assert_eq!(later["result"], "duplicate", "{later}");
+        assert_eq!(later["task_id"], earlier["task_id"], "{later}");
+    }
+    let (_, page) = app.get("/v1/tasks?limit=1").await;
+    assert_eq!(page["total"], FIRST as u64);
 }
 
 /// Most HTTP clients send the whole body before reading any answer. With 20,000 lines the
