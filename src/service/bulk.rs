@@ -288,6 +288,8 @@ impl Service {
             if position % 50 == 49 {
                 tokio::task::yield_now().await;
             }
+            // The input broke off (the client went away): what was committed stays, and no
+            // summary is stored under the key, so the full import can be retried.
             let item = item?;
             if let Some(fingerprint) = fingerprint.as_deref_mut() {
                 fingerprint.add(&item);
