@@ -2,6 +2,7 @@
 //! background jobs started beside it and stopped with it.
 
 mod limits;
+mod socket;
 
 use std::{future::Future, io, net::SocketAddr, pin::pin, sync::Arc, time::Duration};
 
@@ -16,6 +17,8 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use tokio::net::TcpListener;
+
+use self::socket::ServerSocket;
 use tonic_web::GrpcWebLayer;
 use tower::Service as _;
 use tower_http::{
@@ -255,7 +258,10 @@ async fn accept_until(
         }
         let Ok(service) = make_service.call(peer).await;
         let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(tcp), TowerToHyperService::new(service))
+            .serve_connection_with_upgrades(
+                TokioIo::new(ServerSocket::new(tcp)),
+                TowerToHyperService::new(service),
+            )
             .into_owned();
         let connection = connections.watch(connection);
         tokio::spawn(async move {
