@@ -22,6 +22,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("annotask_descriptor.bin"),
         descriptors.encode_to_vec(),
     )?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    // For clients (the load generator, tests, embedders): `google.protobuf.Struct` as
+    // `prost_types::Struct`.
+    tonic_prost_build::configure().compile_fds(descriptors.clone())?;
+    // For the server: its `Struct`s are written straight from stored JSON.
+    let server_dir = out_dir.join("server");
+    fs::create_dir_all(&server_dir)?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .extern_path(".google.protobuf.Struct", "crate::api::grpc::JsonStruct")
+        .out_dir(server_dir)
+        .compile_fds(descriptors)?;
     Ok(())
 }

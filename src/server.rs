@@ -28,14 +28,21 @@ use tower_http::{
 };
 
 use crate::{
-    api::{console, grpc, rest},
+    api::{
+        console,
+        grpc::{
+            self,
+            proto::{
+                batch_service_server::BatchServiceServer,
+                project_service_server::ProjectServiceServer,
+                task_service_server::TaskServiceServer, work_service_server::WorkServiceServer,
+            },
+        },
+        rest,
+    },
     config::Config,
     jobs::Jobs,
-    proto::{
-        batch_service_server::BatchServiceServer, project_service_server::ProjectServiceServer,
-        task_service_server::TaskServiceServer, work_service_server::WorkServiceServer,
-        FILE_DESCRIPTOR_SET,
-    },
+    proto::FILE_DESCRIPTOR_SET,
     service::Service,
     store::Store,
     telemetry,

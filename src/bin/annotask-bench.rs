@@ -761,9 +761,7 @@ async fn bench_database(
             let (s, channel) = (s.clone(), c[w % c.len()].clone());
             async move {
                 let fields = image_task(3);
-                let params = annotask::api::grpc::convert::json_to_struct(
-                    fields.as_object().ok_or("object")?,
-                );
+                let params = annotask::proto::struct_from_json(fields.as_object().ok_or("object")?);
                 let request = CreateTaskRequest {
                     r#type: "imageannotation".into(),
                     params: Some(params),

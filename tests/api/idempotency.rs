@@ -171,10 +171,10 @@ fn grpc_image_request(attachment: &str) -> CreateTaskRequest {
     });
     CreateTaskRequest {
         r#type: "imageannotation".to_owned(),
-        params: Some(annotask::api::grpc::convert::json_to_struct(
+        params: Some(annotask::proto::struct_from_json(
             params.as_object().expect("object"),
         )),
-        metadata: Some(annotask::api::grpc::convert::json_to_struct(
+        metadata: Some(annotask::proto::struct_from_json(
             json!({"batch": 7}).as_object().expect("object"),
         )),
         ..Default::default()

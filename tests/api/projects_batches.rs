@@ -419,9 +419,8 @@ async fn project_and_batch_services_over_grpc(app: TestApp) {
     let mut batches = BatchServiceClient::connect(app.base_url.clone())
         .await
         .expect("connect");
-    let params = annotask::api::grpc::convert::json_to_struct(
-        json!({"instruction": "Box"}).as_object().unwrap(),
-    );
+    let params =
+        annotask::proto::struct_from_json(json!({"instruction": "Box"}).as_object().unwrap());
     let project = projects
         .create_project(app.grpc_request(CreateProjectRequest {
             name: "g".into(),
@@ -513,9 +512,8 @@ async fn project_and_batch_services_over_grpc(app: TestApp) {
         .expect("list")
         .into_inner();
     assert_eq!((page.total, page.docs.len(), page.has_more), (1, 1, false));
-    let metadata = annotask::api::grpc::convert::json_to_struct(
-        json!({"reviewed": true}).as_object().unwrap(),
-    );
+    let metadata =
+        annotask::proto::struct_from_json(json!({"reviewed": true}).as_object().unwrap());
     let tagged = batches
         .set_batch_metadata(app.grpc_request(SetBatchMetadataRequest {
             name: "gb".into(),

@@ -107,7 +107,7 @@ async fn complete(app: &TestApp, task_id: &str, lease_token: &str) {
     work.complete_task(app.grpc_request(CompleteTaskRequest {
         task_id: task_id.to_owned(),
         lease_token: lease_token.to_owned(),
-        response: Some(annotask::api::grpc::convert::json_to_struct(
+        response: Some(annotask::proto::struct_from_json(
             json!({"label": "car"}).as_object().expect("object"),
         )),
     }))

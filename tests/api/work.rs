@@ -500,7 +500,7 @@ async fn the_work_service_over_grpc_claims_heartbeats_completes_and_reports_leas
         .complete_task(app.grpc_request(CompleteTaskRequest {
             task_id: first_id.clone(),
             lease_token: first.lease_token.clone(),
-            response: Some(annotask::api::grpc::convert::json_to_struct(
+            response: Some(annotask::proto::struct_from_json(
                 json!({"label": "car"}).as_object().unwrap(),
             )),
         }))

@@ -5,8 +5,8 @@ use tonic::{Request, Response, Status};
 
 use super::{convert, non_empty, tasks::time_range, GrpcApi};
 use crate::{
+    api::grpc::proto::{self, batch_service_server::BatchService},
     domain::BatchFilter,
-    proto::{self, batch_service_server::BatchService},
     service::NewBatch,
 };
 

@@ -15,12 +15,12 @@ use super::{
     GrpcApi,
 };
 use crate::{
+    api::grpc::proto,
     api::{
         bulk::{self, Export, ImportAnswer},
         spool::{SpoolReader, SpoolWriter},
     },
     error::{Error, Result},
-    proto,
     service::{ImportItem, ImportLine, ImportOutcome, ImportSummary},
 };
 

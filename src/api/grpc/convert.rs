@@ -1,129 +1,37 @@
 //! Conversions between the domain and protobuf messages.
 
-use prost_types::{value::Kind, ListValue, Struct};
+use prost_types::value::Kind;
 use serde_json::{Map, Number, Value};
 
+use super::JsonStruct;
 use crate::{
+    api::grpc::proto,
     domain::{Batch, BatchCounts, BatchStatus, Project, Task, TaskStatus, Timestamp},
     error::Error,
-    proto,
     service::{BatchPage, TaskPage},
 };
 
-/// A stored JSON object's text read straight into a `Struct`: one pass, no `serde_json::Value`
-/// tree built and then copied (a page of 100 tasks renders 200 of these).
-pub fn object_text_to_struct(text: &str) -> Struct {
-    match serde_json::from_str::<ProtoValue>(text) {
-        Ok(ProtoValue(prost_types::Value {
-            kind: Some(Kind::StructValue(object)),
-        })) => object,
-        Ok(_) => {
-            tracing::error!("a checked JSON object is not an object");
-            Struct::default()
-        }
-        Err(err) => {
-            tracing::error!(error = %err, "a checked JSON object failed to parse");
-            Struct::default()
-        }
-    }
+/// A stored JSON object's text (checked when it was stored) as a `Struct`, written straight
+/// into wire bytes.
+pub fn object_text_to_struct(text: &str) -> JsonStruct {
+    JsonStruct::from_object_text(text).unwrap_or_else(|err| {
+        tracing::error!(error = %err, "a checked JSON object failed to parse");
+        JsonStruct::default()
+    })
 }
 
-/// A `prost_types::Value` deserialized from JSON as `json_to_value` converts it.
-struct ProtoValue(prost_types::Value);
-
-impl<'de> serde::Deserialize<'de> for ProtoValue {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer
-            .deserialize_any(ProtoValueVisitor)
-            .map(ProtoValue)
-    }
+pub fn json_to_struct(object: &Map<String, Value>) -> JsonStruct {
+    JsonStruct::from_object(object)
 }
 
-struct ProtoValueVisitor;
-
-impl ProtoValueVisitor {
-    fn of(kind: Kind) -> prost_types::Value {
-        prost_types::Value { kind: Some(kind) }
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for ProtoValueVisitor {
-    type Value = prost_types::Value;
-
-    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
-        formatter.write_str("a JSON value")
-    }
-
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(Self::of(Kind::NullValue(0)))
-    }
-
-    fn visit_bool<E>(self, flag: bool) -> Result<Self::Value, E> {
-        Ok(Self::of(Kind::BoolValue(flag)))
-    }
-
-    fn visit_i64<E>(self, number: i64) -> Result<Self::Value, E> {
-        Ok(Self::of(Kind::NumberValue(number as f64)))
-    }
-
-    fn visit_u64<E>(self, number: u64) -> Result<Self::Value, E> {
-        Ok(Self::of(Kind::NumberValue(number as f64)))
-    }
-
-    fn visit_f64<E>(self, number: f64) -> Result<Self::Value, E> {
-        Ok(Self::of(Kind::NumberValue(number)))
-    }
-
-    fn visit_str<E>(self, text: &str) -> Result<Self::Value, E> {
-        Ok(Self::of(Kind::StringValue(text.to_owned())))
-    }
-
-    fn visit_string<E>(self, text: String) -> Result<Self::Value, E> {
-        Ok(Self::of(Kind::StringValue(text)))
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut values = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-        while let Some(ProtoValue(value)) = seq.next_element()? {
-            values.push(value);
-        }
-        Ok(Self::of(Kind::ListValue(ListValue { values })))
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut fields = std::collections::BTreeMap::new();
-        while let Some((key, ProtoValue(value))) = map.next_entry::<String, ProtoValue>()? {
-            fields.insert(key, value);
-        }
-        Ok(Self::of(Kind::StructValue(Struct { fields })))
-    }
-}
-
-pub fn json_to_struct(map: &Map<String, Value>) -> Struct {
-    Struct {
-        fields: map
-            .iter()
-            .map(|(key, value)| (key.clone(), json_to_value(value)))
-            .collect(),
-    }
-}
-
-fn json_to_value(value: &Value) -> prost_types::Value {
-    let kind = match value {
-        Value::Null => Kind::NullValue(0),
-        Value::Bool(flag) => Kind::BoolValue(*flag),
-        Value::Number(number) => Kind::NumberValue(number.as_f64().unwrap_or(0.0)),
-        Value::String(text) => Kind::StringValue(text.clone()),
-        Value::Array(items) => Kind::ListValue(ListValue {
-            values: items.iter().map(json_to_value).collect(),
-        }),
-        Value::Object(map) => Kind::StructValue(json_to_struct(map)),
-    };
-    prost_types::Value { kind: Some(kind) }
-}
-
-pub fn struct_to_json(value: Struct) -> Map<String, Value> {
-    value
+/// A request's `Struct` as a JSON object.
+pub fn struct_to_json(value: JsonStruct) -> Map<String, Value> {
+    let fields = value.into_fields().unwrap_or_else(|err| {
+        // Only the server's own answers hold written bytes, and it never reads those back.
+        tracing::error!(error = %err, "a written Struct failed to decode");
+        prost_types::Struct::default()
+    });
+    fields
         .fields
         .into_iter()
         .map(|(key, value)| (key, value_to_json(value)))
@@ -131,7 +39,7 @@ pub fn struct_to_json(value: Struct) -> Map<String, Value> {
 }
 
 /// An optional `Struct` field as a JSON object (`{}` when unset).
-pub fn object_or_empty(value: Option<Struct>) -> Map<String, Value> {
+pub fn object_or_empty(value: Option<JsonStruct>) -> Map<String, Value> {
     value.map(struct_to_json).unwrap_or_default()
 }
 
@@ -144,7 +52,13 @@ fn value_to_json(value: prost_types::Value) -> Value {
         Some(Kind::ListValue(list)) => {
             Value::Array(list.values.into_iter().map(value_to_json).collect())
         }
-        Some(Kind::StructValue(map)) => Value::Object(struct_to_json(map)),
+        Some(Kind::StructValue(fields)) => Value::Object(
+            fields
+                .fields
+                .into_iter()
+                .map(|(key, value)| (key, value_to_json(value)))
+                .collect(),
+        ),
     }
 }
 
@@ -349,25 +263,18 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn a_stored_object_reads_into_the_struct_its_value_converts_to() {
-        let original = json!({
-            "a": 3, "b": 1.5, "c": [true, null, "x", {"y": []}], "d": {"e": -7, "f": "é\n"},
-            "big": 18446744073709551615u64, "neg": -9007199254740993i64, "z": {}
-        });
-        let map = original.as_object().unwrap();
-        assert_eq!(
-            object_text_to_struct(&original.to_string()),
-            json_to_struct(map)
-        );
-        assert_eq!(object_text_to_struct("[1]"), Struct::default());
-        assert_eq!(object_text_to_struct("{"), Struct::default());
-    }
-
-    #[test]
     fn json_survives_a_trip_through_struct() {
         let original = json!({"a": 3, "b": 1.5, "c": [true, null, "x"], "d": {"e": -7}});
         let map = original.as_object().unwrap();
         let back = struct_to_json(json_to_struct(map));
         assert_eq!(Value::Object(back), original);
+        let request = JsonStruct::Decoded(crate::proto::struct_from_json(map));
+        assert_eq!(Value::Object(struct_to_json(request)), original);
+    }
+
+    #[test]
+    fn a_stored_object_that_fails_to_parse_answers_an_empty_struct() {
+        assert_eq!(object_text_to_struct("[1]"), JsonStruct::default());
+        assert_eq!(object_text_to_struct("{"), JsonStruct::default());
     }
 }

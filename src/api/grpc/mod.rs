@@ -5,9 +5,19 @@ mod batches;
 mod bulk;
 pub mod convert;
 mod error;
+mod json_struct;
 mod projects;
 mod tasks;
 mod work;
+
+pub use json_struct::JsonStruct;
+
+/// The services as the server implements them: generated from the same `proto/` files as
+/// [`crate::proto`], except that a `google.protobuf.Struct` is a [`JsonStruct`].
+pub mod proto {
+    #![allow(clippy::all, clippy::pedantic)]
+    include!(concat!(env!("OUT_DIR"), "/server/annotask.v1.rs"));
+}
 
 use std::{net::SocketAddr, sync::Arc};
 

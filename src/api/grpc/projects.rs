@@ -3,7 +3,7 @@
 use tonic::{Request, Response, Status};
 
 use super::{convert, GrpcApi};
-use crate::proto::{self, project_service_server::ProjectService};
+use crate::api::grpc::proto::{self, project_service_server::ProjectService};
 
 impl GrpcApi {}
 

@@ -8,9 +8,9 @@ use tonic::{Request, Response, Status};
 
 use super::{convert, idempotency_key, mark_replayed, non_empty, GrpcApi};
 use crate::{
+    api::grpc::proto::{self, task_service_server::TaskService},
     domain::{Caller, ListQuery, TaskFilter, TimeRange},
     error::Error,
-    proto::{self, task_service_server::TaskService},
     service::{TagEdit, TaskWatch, WatchEnd},
 };
 

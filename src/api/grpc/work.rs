@@ -5,8 +5,8 @@ use tonic::{Request, Response, Status};
 
 use super::{convert, non_empty, GrpcApi};
 use crate::{
+    api::grpc::proto::{self, work_service_server::WorkService},
     domain::ClaimFilter,
-    proto::{self, work_service_server::WorkService},
     service::ClaimRequest,
 };
 
