@@ -17,8 +17,6 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use tokio::net::TcpListener;
-
-use self::socket::ServerSocket;
 use tonic_web::GrpcWebLayer;
 use tower::Service as _;
 use tower_http::{
@@ -27,6 +25,7 @@ use tower_http::{
     trace::TraceLayer,
 };
 
+use self::socket::ServerSocket;
 use crate::{
     api::{
         console,

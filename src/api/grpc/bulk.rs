@@ -15,9 +15,9 @@ use super::{
     GrpcApi,
 };
 use crate::{
-    api::grpc::proto,
     api::{
         bulk::{self, Export, ImportAnswer},
+        grpc::proto,
         spool::{SpoolReader, SpoolWriter},
     },
     error::{Error, Result},

@@ -31,6 +31,10 @@ pub fn struct_to_json(value: JsonStruct) -> Map<String, Value> {
         tracing::error!(error = %err, "a written Struct failed to decode");
         prost_types::Struct::default()
     });
+    fields_to_json(fields)
+}
+
+fn fields_to_json(fields: prost_types::Struct) -> Map<String, Value> {
     fields
         .fields
         .into_iter()
@@ -52,13 +56,7 @@ fn value_to_json(value: prost_types::Value) -> Value {
         Some(Kind::ListValue(list)) => {
             Value::Array(list.values.into_iter().map(value_to_json).collect())
         }
-        Some(Kind::StructValue(fields)) => Value::Object(
-            fields
-                .fields
-                .into_iter()
-                .map(|(key, value)| (key, value_to_json(value)))
-                .collect(),
-        ),
+        Some(Kind::StructValue(fields)) => Value::Object(fields_to_json(fields)),
     }
 }
 

@@ -80,13 +80,10 @@ impl Message for JsonStruct {
         buf: &mut impl Buf,
         ctx: DecodeContext,
     ) -> Result<(), DecodeError> {
-        if let JsonStruct::Encoded(wire) = self {
-            *self = JsonStruct::Decoded(prost_types::Struct::decode(wire.as_slice())?);
-        }
-        match self {
-            JsonStruct::Decoded(fields) => fields.merge_field(tag, wire_type, buf, ctx),
-            JsonStruct::Encoded(_) => unreachable!("decoded just above"),
-        }
+        let mut fields = std::mem::take(self).into_fields()?;
+        let merged = fields.merge_field(tag, wire_type, buf, ctx);
+        *self = JsonStruct::Decoded(fields);
+        merged
     }
 
     fn encoded_len(&self) -> usize {
