@@ -187,7 +187,18 @@ impl CounterDeltas {
     /// PostgreSQL: the four upserts as data-modifying CTEs of one statement, each reading its
     /// rows from a JSON array (one statement shape, whatever the number of rows).
     async fn apply_in_one_statement(self, txn: &impl ConnectionTrait) -> Result<()> {
-        let shard = next_shard();
+        txn.execute(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            UPSERT_ALL_COUNTERS.as_str(),
+            self.summed_rows(next_shard())?.map(Into::into),
+        ))
+        .await?;
+        Ok(())
+    }
+
+    /// The rows as the JSON parameters of [`CounterRows::Summed`], one per counter table, each
+    /// in key order.
+    fn summed_rows(&self, shard: i32) -> Result<[String; COUNTER_TABLE_COUNT]> {
         let totals: Vec<_> = self
             .totals
             .iter()
@@ -221,18 +232,12 @@ impl CounterDeltas {
                 JsonCounterRow::summed(key, shard, total)
             })
             .collect();
-        txn.execute(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            UPSERT_ALL_COUNTERS.as_str(),
-            [
-                to_json_text(&totals)?.into(),
-                to_json_text(&hours)?.into(),
-                to_json_text(&tags)?.into(),
-                to_json_text(&events)?.into(),
-            ],
-        ))
-        .await?;
-        Ok(())
+        Ok([
+            to_json_text(&totals)?,
+            to_json_text(&hours)?,
+            to_json_text(&tags)?,
+            to_json_text(&events)?,
+        ])
     }
 
     /// SQLite (one writer, no round trips): one multi-row upsert per table.
@@ -550,6 +555,20 @@ static UPSERT_ALL_COUNTERS: std::sync::LazyLock<String> = std::sync::LazyLock::n
         counter_upsert_ctes(CounterRows::Summed, 1)
     )
 });
+
+/// What new tasks add to the counters, summed, as the JSON parameters of [`CounterRows::Summed`]:
+/// for tasks that are all created if the statement succeeds (none has a unique_id to refuse it).
+pub(super) fn summed_counter_rows_of_new_tasks<'a>(
+    tasks: impl Iterator<Item = &'a Task>,
+    shard: i32,
+) -> Result<[String; COUNTER_TABLE_COUNT]> {
+    let mut deltas = CounterDeltas::default();
+    for task in tasks {
+        deltas.add(task, 1);
+    }
+    deltas.drop_zeros();
+    deltas.summed_rows(shard)
+}
 
 /// The counter rows of new tasks, one per task and counter row, as the JSON parameters of
 /// [`CounterRows::PerCreatedTask`], one per counter table.

@@ -27,7 +27,8 @@ use super::{
     callbacks::delivery_row,
     counters::{
         counter_upsert_ctes, created_task_counter_rows, next_shard,
-        sqlite_counter_upserts_of_created_tasks, CounterRows, COUNTER_TABLE_COUNT,
+        sqlite_counter_upserts_of_created_tasks, summed_counter_rows_of_new_tasks, CounterRows,
+        COUNTER_TABLE_COUNT,
     },
     entities::{callback_deliveries, idempotency_keys, task_tags, tasks},
     tasks::{to_active_model, to_json_text, BulkInserted},
@@ -39,7 +40,16 @@ use crate::{
 };
 
 /// `created` holds the ids the task insert returned; every other insert joins on it.
-static INSERT_NEW_TASKS: LazyLock<String> = LazyLock::new(|| insert_new_tasks_sql(false));
+static INSERT_NEW_TASKS: LazyLock<String> =
+    LazyLock::new(|| insert_new_tasks_sql(Refusals::ByUniqueId));
+
+/// The same for tasks none of which has a unique_id: nothing can refuse one (a task id
+/// collision fails the whole statement), so tag rows and deliveries are inserted as they come
+/// and the counters take rows summed beforehand ([`CounterRows::Summed`]). No join with
+/// `created`, no grouping: on a group of creates the joins' hash tables and the counters'
+/// grouping were about a sixth of PostgreSQL's time (BENCHMARKS.md).
+static INSERT_NEW_TASKS_NONE_REFUSED: LazyLock<String> =
+    LazyLock::new(|| insert_new_tasks_sql(Refusals::None));
 
 /// The same under Idempotency-Keys (the last parameter, [`CLAIMS_PARAM`]: one claim per key,
 /// the key's row with its answer, and the id of the task it creates, if any). The claims are
@@ -50,14 +60,26 @@ static INSERT_NEW_TASKS: LazyLock<String> = LazyLock::new(|| insert_new_tasks_sq
 /// of the whole table once the plan cached while it was small. A claimed key's answer is its
 /// task, created: only a unique_id could refuse the task, and tasks with one take the
 /// transaction path.
-static INSERT_NEW_TASKS_UNDER_KEYS: LazyLock<String> = LazyLock::new(|| insert_new_tasks_sql(true));
+static INSERT_NEW_TASKS_UNDER_KEYS: LazyLock<String> =
+    LazyLock::new(|| insert_new_tasks_sql(Refusals::ByUniqueIdOrKey));
+
+/// What may keep a task of the statement from being created.
+#[derive(Clone, Copy, PartialEq)]
+enum Refusals {
+    /// Nothing: no task has a unique_id.
+    None,
+    /// Another task holding its unique_id.
+    ByUniqueId,
+    /// That, or its Idempotency-Key stored already.
+    ByUniqueIdOrKey,
+}
 
 /// The statements' first counter parameter, after the tasks, tag rows and deliveries.
 const FIRST_COUNTER_PARAM: usize = 4;
 /// The claims' parameter, after the counters'.
 const CLAIMS_PARAM: usize = FIRST_COUNTER_PARAM + COUNTER_TABLE_COUNT;
 
-fn insert_new_tasks_sql(under_keys: bool) -> String {
+fn insert_new_tasks_sql(refusals: Refusals) -> String {
     let columns_of = |columns: Vec<String>, prefix: &str| {
         columns
             .iter()
@@ -72,7 +94,7 @@ fn insert_new_tasks_sql(under_keys: bool) -> String {
     let key_columns = idempotency_keys::Column::iter()
         .map(|column| column.as_str().to_owned())
         .collect::<Vec<_>>();
-    let (claims, not_deferred, answer) = if under_keys {
+    let (claims, not_deferred, answer) = if refusals == Refusals::ByUniqueIdOrKey {
         (
             format!(
                 "claims AS (\
@@ -96,19 +118,28 @@ fn insert_new_tasks_sql(under_keys: bool) -> String {
     } else {
         (String::new(), "", "SELECT task_id FROM created".to_owned())
     };
+    // Rows of the other tables are only those of created tasks, unless all are created.
+    let (on_conflict, of_created, counter_rows) = match refusals {
+        Refusals::None => ("", "", CounterRows::Summed),
+        _ => (
+            " ON CONFLICT DO NOTHING",
+            " JOIN created USING (task_id)",
+            CounterRows::PerCreatedTask,
+        ),
+    };
     format!(
         "WITH {claims}created AS (\
            INSERT INTO tasks SELECT t.* FROM json_populate_recordset(NULL::tasks, $1::json) AS t\
-           {not_deferred} ON CONFLICT DO NOTHING RETURNING task_id\
+           {not_deferred}{on_conflict} RETURNING task_id\
          ), tag_rows AS (\
            INSERT INTO task_tags (task_id, tag, account_id, is_test) \
            SELECT r.task_id, r.tag, r.account_id, r.is_test \
-           FROM json_populate_recordset(NULL::task_tags, $2::json) AS r JOIN created USING (task_id) \
+           FROM json_populate_recordset(NULL::task_tags, $2::json) AS r{of_created} \
            RETURNING 1\
          ), deliveries AS (\
            INSERT INTO callback_deliveries ({columns}) SELECT {r_columns} \
-           FROM json_populate_recordset(NULL::callback_deliveries, $3::json) AS r \
-           JOIN created USING (task_id) RETURNING 1\
+           FROM json_populate_recordset(NULL::callback_deliveries, $3::json) AS r\
+           {of_created} RETURNING 1\
          ), {counters}, logged AS (\
            INSERT INTO task_change_log (xid, changes) \
            SELECT pg_current_xact_id()::text::bigint, string_agg('c' || task_id, ',' ORDER BY task_id) \
@@ -116,7 +147,7 @@ fn insert_new_tasks_sql(under_keys: bool) -> String {
          ) {answer}",
         columns = delivery_columns.join(", "),
         r_columns = columns_of(delivery_columns.clone(), "r."),
-        counters = counter_upsert_ctes(CounterRows::PerCreatedTask, FIRST_COUNTER_PARAM),
+        counters = counter_upsert_ctes(counter_rows, FIRST_COUNTER_PARAM),
     )
 }
 
@@ -210,7 +241,7 @@ pub(super) async fn sqlite_insert_new_tasks(
     let statement = Statement::from_sql_and_values(
         DbBackend::Sqlite,
         SQLITE_INSERT_NEW_TASKS.as_str(),
-        new_task_values(items, 0)?,
+        new_task_values(items, 0, CounterRows::PerCreatedTask)?,
     );
     let created = created_task_ids(txn, statement).await?;
     unique_id_outcomes(txn, items.iter().map(|(task, _)| task), &created).await
@@ -265,10 +296,16 @@ impl Store {
         db: &impl ConnectionTrait,
         items: &[(Task, Option<NewDelivery>)],
     ) -> Result<Vec<BulkInserted>> {
+        let none_refused = items.iter().all(|(task, _)| task.unique_id.is_none());
+        let (sql, counters) = if none_refused {
+            (&INSERT_NEW_TASKS_NONE_REFUSED, CounterRows::Summed)
+        } else {
+            (&INSERT_NEW_TASKS, CounterRows::PerCreatedTask)
+        };
         let statement = Statement::from_sql_and_values(
             DbBackend::Postgres,
-            INSERT_NEW_TASKS.as_str(),
-            new_task_values(items, next_shard())?,
+            sql.as_str(),
+            new_task_values(items, next_shard(), counters)?,
         );
         let created = created_task_ids(db, statement).await?;
         if !created.is_empty() {
@@ -285,7 +322,7 @@ impl Store {
         items: &[(Task, Option<NewDelivery>)],
         claims: &[(idempotency_keys::ActiveModel, Option<String>)],
     ) -> Result<InsertedUnderKeys> {
-        let mut values = new_task_values(items, next_shard())?;
+        let mut values = new_task_values(items, next_shard(), CounterRows::PerCreatedTask)?;
         let mut claim_rows = Vec::with_capacity(claims.len());
         for (record, task_id) in claims {
             let mut row = row_json(record)?;
@@ -321,8 +358,12 @@ impl Store {
 }
 
 /// The statements' parameters up to the claims: the tasks, their tag rows, their callback
-/// deliveries and their counter rows.
-fn new_task_values(items: &[(Task, Option<NewDelivery>)], shard: i32) -> Result<Vec<Value>> {
+/// deliveries and their counter rows, per task or summed.
+fn new_task_values(
+    items: &[(Task, Option<NewDelivery>)],
+    shard: i32,
+    counters: CounterRows,
+) -> Result<Vec<Value>> {
     // Unique_id index entries are locked in one order by every writer.
     let mut order: Vec<usize> = (0..items.len()).collect();
     order.sort_by(|&a, &b| items[a].0.unique_id.cmp(&items[b].0.unique_id));
@@ -349,7 +390,11 @@ fn new_task_values(items: &[(Task, Option<NewDelivery>)], shard: i32) -> Result<
         to_json_text(&tag_rows)?.into(),
         to_json_text(&delivery_rows)?.into(),
     ];
-    let counter_rows = created_task_counter_rows(items.iter().map(|(task, _)| task), shard)?;
+    let tasks = items.iter().map(|(task, _)| task);
+    let counter_rows = match counters {
+        CounterRows::PerCreatedTask => created_task_counter_rows(tasks, shard)?,
+        CounterRows::Summed => summed_counter_rows_of_new_tasks(tasks, shard)?,
+    };
     values.extend(counter_rows.into_iter().map(Value::from));
     Ok(values)
 }
@@ -437,7 +482,9 @@ mod tests {
                 "a numbered or named parameter: {statement}"
             );
         }
-        let values = new_task_values(&[], 0).map_err(|_| "no values").unwrap();
+        let values = new_task_values(&[], 0, CounterRows::PerCreatedTask)
+            .map_err(|_| "no values")
+            .unwrap();
         assert_eq!(values.len(), arguments);
     }
 }
