@@ -14,6 +14,7 @@ mod m20261130_000009_sharded_counters;
 mod m20261201_000010_task_event_hour_counts;
 mod m20261201_000011_review_status_index;
 mod m20261201_000012_partial_indexes;
+mod m20261202_000013_tag_rows_without_foreign_key;
 
 pub struct Migrator;
 
@@ -33,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000010_task_event_hour_counts::Migration),
             Box::new(m20261201_000011_review_status_index::Migration),
             Box::new(m20261201_000012_partial_indexes::Migration),
+            Box::new(m20261202_000013_tag_rows_without_foreign_key::Migration),
         ]
     }
 }
