@@ -522,28 +522,36 @@ pub(super) fn counter_upsert_ctes(rows: CounterRows, first_param: usize) -> Stri
     ctes.join(", ")
 }
 
-/// SQLite: the counter upserts as statements of one multi-statement text, each reading the rows
-/// of [`created_task_counter_rows`] (shard 0) from its one JSON parameter, in table order, and
-/// counting only the tasks that exist by then: task ids are new, so a task row with one is a
+/// SQLite: the counter upserts as statements of one multi-statement text, each reading its
+/// rows from its one JSON parameter, in table order (shard 0). [`CounterRows::PerCreatedTask`]
+/// counts only the tasks that exist by then: task ids are new, so a task row with one is a
 /// task the same text just created (one refused for its unique_id is not there).
-pub(super) fn sqlite_counter_upserts_of_created_tasks() -> Vec<String> {
+pub(super) fn sqlite_counter_upserts_of_new_tasks(rows: CounterRows) -> Vec<String> {
     COUNTER_TABLES
         .iter()
         .map(|counter| {
             let columns = counter.key_list(|column, _| column.to_owned());
             let extracted =
                 counter.key_list(|column, _| format!("{} AS {column}", sqlite_json_field(column)));
+            let source = match rows {
+                CounterRows::Summed => format!(
+                    "SELECT {extracted}, {total} AS total FROM r WHERE true",
+                    total = sqlite_json_field("total"),
+                ),
+                CounterRows::PerCreatedTask => format!(
+                    "SELECT {columns}, SUM(total) FROM (\
+                       SELECT {extracted}, {total} AS total FROM r \
+                       WHERE {created}\
+                     ) WHERE true GROUP BY {columns}",
+                    total = sqlite_json_field("total"),
+                    created = sqlite_row_was_created(),
+                ),
+            };
             format!(
-                "{rows}INSERT INTO {table} ({columns}, total) \
-                 SELECT {columns}, SUM(total) FROM (\
-                   SELECT {extracted}, {total} AS total FROM r \
-                   WHERE {created}\
-                 ) WHERE true GROUP BY {columns} \
+                "{rows}INSERT INTO {table} ({columns}, total) {source} \
                  ON CONFLICT ({columns}) DO UPDATE SET total = {table}.total + excluded.total",
                 rows = sqlite_json_rows(),
                 table = counter.table,
-                total = sqlite_json_field("total"),
-                created = sqlite_row_was_created(),
             )
         })
         .collect()

@@ -27,7 +27,7 @@ use super::{
     callbacks::delivery_row,
     counters::{
         counter_upsert_ctes, created_task_counter_rows, next_shard,
-        sqlite_counter_upserts_of_created_tasks, summed_counter_rows_of_new_tasks, CounterRows,
+        sqlite_counter_upserts_of_new_tasks, summed_counter_rows_of_new_tasks, CounterRows,
         COUNTER_TABLE_COUNT,
     },
     entities::{callback_deliveries, idempotency_keys, task_tags, tasks},
@@ -161,30 +161,49 @@ fn insert_new_tasks_sql(refusals: Refusals) -> String {
 /// Each statement has exactly one parameter, an anonymous `?`: sqlx binds a text's arguments to
 /// its statements' anonymous parameters in order, so statement N reads argument N. (A numbered
 /// `?N` would not do: the N − 1 slots below it count as anonymous ones and use up arguments.)
-static SQLITE_INSERT_NEW_TASKS: LazyLock<String> = LazyLock::new(|| {
-    let created = sqlite_row_was_created();
+static SQLITE_INSERT_NEW_TASKS: LazyLock<String> =
+    LazyLock::new(|| sqlite_insert_new_tasks_sql(Refusals::ByUniqueId));
+
+/// The same for tasks none of which has a unique_id (see [`INSERT_NEW_TASKS_NONE_REFUSED`]):
+/// no look-up of each row's task, counters from rows summed beforehand.
+static SQLITE_INSERT_NEW_TASKS_NONE_REFUSED: LazyLock<String> =
+    LazyLock::new(|| sqlite_insert_new_tasks_sql(Refusals::None));
+
+fn sqlite_insert_new_tasks_sql(refusals: Refusals) -> String {
+    let (tasks_tail, of_created, counter_rows) = match refusals {
+        Refusals::None => (
+            "true RETURNING task_id",
+            "true".to_owned(),
+            CounterRows::Summed,
+        ),
+        _ => (
+            "true ON CONFLICT DO NOTHING RETURNING task_id",
+            sqlite_row_was_created(),
+            CounterRows::PerCreatedTask,
+        ),
+    };
     let mut statements = vec![
         sqlite_insert_from_json(
             "tasks",
             tasks::Column::iter().map(|column| column.as_str().to_owned()),
-            "true ON CONFLICT DO NOTHING RETURNING task_id",
+            tasks_tail,
         ),
         sqlite_insert_from_json(
             "task_tags",
             task_tags::Column::iter().map(|column| column.as_str().to_owned()),
-            &created,
+            &of_created,
         ),
         sqlite_insert_from_json(
             "callback_deliveries",
             callback_deliveries::Column::iter()
                 .filter(|column| !matches!(column, callback_deliveries::Column::Id))
                 .map(|column| column.as_str().to_owned()),
-            &created,
+            &of_created,
         ),
     ];
-    statements.extend(sqlite_counter_upserts_of_created_tasks());
+    statements.extend(sqlite_counter_upserts_of_new_tasks(counter_rows));
     statements.join(";\n")
-});
+}
 
 /// `INSERT INTO table (columns)` of the rows of the statement's JSON array parameter that meet
 /// `condition`, as [`sqlite_json_field`] reads them.
@@ -237,11 +256,17 @@ pub(super) async fn sqlite_insert_new_tasks(
     txn: &impl ConnectionTrait,
     items: &[(Task, Option<NewDelivery>)],
 ) -> Result<Vec<BulkInserted>> {
+    let none_refused = items.iter().all(|(task, _)| task.unique_id.is_none());
+    let (sql, counters) = if none_refused {
+        (&SQLITE_INSERT_NEW_TASKS_NONE_REFUSED, CounterRows::Summed)
+    } else {
+        (&SQLITE_INSERT_NEW_TASKS, CounterRows::PerCreatedTask)
+    };
     // One writer, one row per counter key: SQLite keeps every counter in shard 0.
     let statement = Statement::from_sql_and_values(
         DbBackend::Sqlite,
-        SQLITE_INSERT_NEW_TASKS.as_str(),
-        new_task_values(items, 0, CounterRows::PerCreatedTask)?,
+        sql.as_str(),
+        new_task_values(items, 0, counters)?,
     );
     let created = created_task_ids(txn, statement).await?;
     unique_id_outcomes(txn, items.iter().map(|(task, _)| task), &created).await
@@ -469,22 +494,29 @@ mod tests {
     #[test]
     fn the_sqlite_text_has_one_parameter_per_argument_in_every_statement() {
         let arguments = 3 + COUNTER_TABLE_COUNT;
-        let statements: Vec<&str> = SQLITE_INSERT_NEW_TASKS.split(";\n").collect();
-        assert_eq!(statements.len(), arguments);
-        for statement in statements {
-            let parameters: Vec<&str> = statement
-                .match_indices('?')
-                .map(|(at, _)| &statement[at..])
-                .collect();
-            assert_eq!(parameters.len(), 1, "{statement}");
-            assert!(
-                parameters[0][1..].starts_with(|next: char| !next.is_ascii_alphanumeric()),
-                "a numbered or named parameter: {statement}"
-            );
+        for text in [
+            &SQLITE_INSERT_NEW_TASKS,
+            &SQLITE_INSERT_NEW_TASKS_NONE_REFUSED,
+        ] {
+            let statements: Vec<&str> = text.split(";\n").collect();
+            assert_eq!(statements.len(), arguments);
+            for statement in statements {
+                let parameters: Vec<&str> = statement
+                    .match_indices('?')
+                    .map(|(at, _)| &statement[at..])
+                    .collect();
+                assert_eq!(parameters.len(), 1, "{statement}");
+                assert!(
+                    parameters[0][1..].starts_with(|next: char| !next.is_ascii_alphanumeric()),
+                    "a numbered or named parameter: {statement}"
+                );
+            }
         }
-        let values = new_task_values(&[], 0, CounterRows::PerCreatedTask)
-            .map_err(|_| "no values")
-            .unwrap();
-        assert_eq!(values.len(), arguments);
+        for counters in [CounterRows::PerCreatedTask, CounterRows::Summed] {
+            let values = new_task_values(&[], 0, counters)
+                .map_err(|_| "no values")
+                .unwrap();
+            assert_eq!(values.len(), arguments);
+        }
     }
 }
