@@ -130,6 +130,9 @@ impl Store {
             }
             return Ok(finish(answers));
         }
+        if let Some(answers) = self.create_under_new_keys(items).await? {
+            return Ok(finish(answers));
+        }
         let all: Vec<&NewTask> = items.iter().collect();
         if !self.is_postgres() {
             return self.create_in_transaction(&all, on_batch_completed).await;
@@ -281,6 +284,50 @@ impl Store {
             self.change_log_written.notify_one();
         }
         Ok(finish(answers))
+    }
+
+    /// The common case on both databases: keys never seen before, tasks without unique_ids.
+    /// The group is written with every key's answer in one statement (one text on SQLite)
+    /// that nothing can refuse a part of (see [`Store::insert_new_tasks_under_new_keys`]).
+    /// `None` when the group needs more: a task with a unique_id or in a batch, or a key
+    /// stored already (then nothing was written).
+    async fn create_under_new_keys(
+        &self,
+        items: &[NewTask],
+    ) -> Result<Option<Vec<Option<Result<StoredOutcome>>>>> {
+        let mut answers: Vec<Option<Result<StoredOutcome>>> = vec![None; items.len()];
+        let (inserted_index, to_insert) = ready_to_insert(items, &mut answers);
+        if !super::one_statement::rows_can_be_inserted_together(&to_insert)
+            || to_insert.iter().any(|(task, _)| task.unique_id.is_some())
+        {
+            return Ok(None);
+        }
+        let mut claims = Vec::new();
+        let mut to_insert_at = inserted_index.iter().zip(&to_insert).peekable();
+        for (index, item) in items.iter().enumerate() {
+            let task = to_insert_at
+                .next_if(|(&at, _)| at == index)
+                .map(|(_, (task, _))| task);
+            let Some(claim) = &item.claim else {
+                continue;
+            };
+            let outcome = match (task, &answers[index]) {
+                (Some(task), _) => Ok(task.clone()),
+                (None, Some(Ok(answer))) => answer.outcome.clone(),
+                // A transient failure is not stored: the retry decides.
+                (None, _) => continue,
+            };
+            claims.push(record_row(claim, &outcome)?);
+        }
+        if !self
+            .insert_new_tasks_under_new_keys(&to_insert, &claims)
+            .await?
+        {
+            return Ok(None);
+        }
+        let created = vec![BulkInserted::Created; to_insert.len()];
+        record_inserted(&mut answers, inserted_index, to_insert, created);
+        Ok(Some(answers))
     }
 
     /// PostgreSQL's common case: the group in one statement on the pool (see

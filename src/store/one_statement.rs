@@ -20,7 +20,7 @@ use std::{collections::HashSet, sync::LazyLock};
 
 use sea_orm::{
     ActiveModelTrait, ConnectionTrait, DbBackend, EntityTrait, IdenStatic, Iterable, Statement,
-    Value,
+    TransactionTrait, Value,
 };
 
 use super::{
@@ -63,11 +63,24 @@ static INSERT_NEW_TASKS_NONE_REFUSED: LazyLock<String> =
 static INSERT_NEW_TASKS_UNDER_KEYS: LazyLock<String> =
     LazyLock::new(|| insert_new_tasks_sql(Refusals::ByUniqueIdOrKey));
 
+/// PostgreSQL: [`INSERT_NEW_TASKS_NONE_REFUSED`] that also stores each Idempotency-Key's
+/// answer (the last parameter, [`CLAIMS_PARAM`]), for a group whose tasks have no unique_id
+/// and whose keys are all new, as keys almost always are: no join, no grouping. A key stored
+/// already (a replay, an expired key not yet swept, or a concurrent request's key, whose
+/// commit the insert waits for) fails the whole statement with a unique violation, so nothing
+/// is written and the group takes [`INSERT_NEW_TASKS_UNDER_KEYS`]. The price of a replay is
+/// that failed statement, and PostgreSQL logs it as an error.
+static INSERT_NEW_TASKS_UNDER_NEW_KEYS: LazyLock<String> =
+    LazyLock::new(|| insert_new_tasks_sql(Refusals::NoneUnderNewKeys));
+
 /// What may keep a task of the statement from being created.
 #[derive(Clone, Copy, PartialEq)]
 enum Refusals {
     /// Nothing: no task has a unique_id.
     None,
+    /// Nothing either, and every Idempotency-Key is new: one stored already fails the
+    /// statement.
+    NoneUnderNewKeys,
     /// Another task holding its unique_id.
     ByUniqueId,
     /// That, or its Idempotency-Key stored already.
@@ -115,12 +128,26 @@ fn insert_new_tasks_sql(refusals: Refusals) -> String {
              UNION ALL SELECT NULL, idempotency_key FROM claimed"
                 .to_owned(),
         )
+    } else if refusals == Refusals::NoneUnderNewKeys {
+        (
+            format!(
+                "claimed AS (\
+                   INSERT INTO idempotency_keys ({columns}) SELECT {c_columns} \
+                   FROM json_populate_recordset(NULL::idempotency_keys, ${CLAIMS_PARAM}::json) AS c \
+                   ORDER BY c.idempotency_key COLLATE \"C\" RETURNING 1\
+                 ), ",
+                columns = key_columns.join(", "),
+                c_columns = columns_of(key_columns.clone(), "c."),
+            ),
+            "",
+            "SELECT task_id FROM created".to_owned(),
+        )
     } else {
         (String::new(), "", "SELECT task_id FROM created".to_owned())
     };
     // Rows of the other tables are only those of created tasks, unless all are created.
     let (on_conflict, of_created, counter_rows) = match refusals {
-        Refusals::None => ("", "", CounterRows::Summed),
+        Refusals::None | Refusals::NoneUnderNewKeys => ("", "", CounterRows::Summed),
         _ => (
             " ON CONFLICT DO NOTHING",
             " JOIN created USING (task_id)",
@@ -169,9 +196,15 @@ static SQLITE_INSERT_NEW_TASKS: LazyLock<String> =
 static SQLITE_INSERT_NEW_TASKS_NONE_REFUSED: LazyLock<String> =
     LazyLock::new(|| sqlite_insert_new_tasks_sql(Refusals::None));
 
+/// The same under Idempotency-Keys that are all new (see [`INSERT_NEW_TASKS_UNDER_NEW_KEYS`]),
+/// with one statement more, last, storing the keys' answers: a key stored already fails it,
+/// and the caller rolls the transaction back.
+static SQLITE_INSERT_NEW_TASKS_UNDER_NEW_KEYS: LazyLock<String> =
+    LazyLock::new(|| sqlite_insert_new_tasks_sql(Refusals::NoneUnderNewKeys));
+
 fn sqlite_insert_new_tasks_sql(refusals: Refusals) -> String {
     let (tasks_tail, of_created, counter_rows) = match refusals {
-        Refusals::None => (
+        Refusals::None | Refusals::NoneUnderNewKeys => (
             "true RETURNING task_id",
             "true".to_owned(),
             CounterRows::Summed,
@@ -202,6 +235,13 @@ fn sqlite_insert_new_tasks_sql(refusals: Refusals) -> String {
         ),
     ];
     statements.extend(sqlite_counter_upserts_of_new_tasks(counter_rows));
+    if refusals == Refusals::NoneUnderNewKeys {
+        statements.push(sqlite_insert_from_json(
+            "idempotency_keys",
+            idempotency_keys::Column::iter().map(|column| column.as_str().to_owned()),
+            "true",
+        ));
+    }
     statements.join(";\n")
 }
 
@@ -382,6 +422,60 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Inserts new tasks, none with a unique_id, and stores each Idempotency-Key's answer, in
+    /// one statement (PostgreSQL) or one text in a transaction (SQLite): every task is created
+    /// and every key stored, or, when a key was stored already, nothing is written and this
+    /// answers `false`.
+    pub(super) async fn insert_new_tasks_under_new_keys(
+        &self,
+        items: &[(Task, Option<NewDelivery>)],
+        claims: &[idempotency_keys::ActiveModel],
+    ) -> Result<bool> {
+        let postgres = self.is_postgres();
+        let shard = if postgres { next_shard() } else { 0 };
+        let mut values = new_task_values(items, shard, CounterRows::Summed)?;
+        let claim_rows = claims.iter().map(row_json).collect::<Result<Vec<_>>>()?;
+        values.push(to_json_text(&claim_rows)?.into());
+        if postgres {
+            let statement = Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                INSERT_NEW_TASKS_UNDER_NEW_KEYS.as_str(),
+                values,
+            );
+            return match self.db.query_all(statement).await {
+                Ok(_) => {
+                    if !items.is_empty() {
+                        self.change_log_written.notify_one();
+                    }
+                    Ok(true)
+                }
+                Err(err) if super::is_unique_violation(&err) => Ok(false),
+                Err(err) => Err(err.into()),
+            };
+        }
+        let txn = self.db.begin().await?;
+        let statement = Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            SQLITE_INSERT_NEW_TASKS_UNDER_NEW_KEYS.as_str(),
+            values,
+        );
+        match txn.query_all(statement).await {
+            Ok(_) => {}
+            // Dropping the transaction rolls it back.
+            Err(err) if super::is_unique_violation(&err) => return Ok(false),
+            Err(err) => return Err(err.into()),
+        }
+        let all_created = vec![BulkInserted::Created; items.len()];
+        self.commit_with_changes(
+            txn,
+            super::tasks::created_changes(items.iter().map(|(task, _)| task), &all_created),
+        )
+        .await?;
+        Ok(true)
+    }
+}
+
 /// The statements' parameters up to the claims: the tasks, their tag rows, their callback
 /// deliveries and their counter rows, per task or summed.
 fn new_task_values(
@@ -494,12 +588,13 @@ mod tests {
     #[test]
     fn the_sqlite_text_has_one_parameter_per_argument_in_every_statement() {
         let arguments = 3 + COUNTER_TABLE_COUNT;
-        for text in [
-            &SQLITE_INSERT_NEW_TASKS,
-            &SQLITE_INSERT_NEW_TASKS_NONE_REFUSED,
+        for (text, claims) in [
+            (&SQLITE_INSERT_NEW_TASKS, 0),
+            (&SQLITE_INSERT_NEW_TASKS_NONE_REFUSED, 0),
+            (&SQLITE_INSERT_NEW_TASKS_UNDER_NEW_KEYS, 1),
         ] {
             let statements: Vec<&str> = text.split(";\n").collect();
-            assert_eq!(statements.len(), arguments);
+            assert_eq!(statements.len(), arguments + claims);
             for statement in statements {
                 let parameters: Vec<&str> = statement
                     .match_indices('?')
