@@ -121,8 +121,7 @@ impl Store {
             let (inserted_index, to_insert) = ready_to_insert(items, &mut answers);
             if !to_insert.is_empty() {
                 let inserted = if self.can_insert_in_one_statement(&to_insert) {
-                    self.insert_new_tasks_in_one_statement(&self.db, &to_insert)
-                        .await?
+                    self.insert_new_tasks_on_pool(&to_insert).await?
                 } else {
                     self.insert_tasks(&to_insert, on_batch_completed).await?
                 };
@@ -286,11 +285,11 @@ impl Store {
         Ok(finish(answers))
     }
 
-    /// The common case on both databases: keys never seen before, tasks without unique_ids.
-    /// The group is written with every key's answer in one statement (one text on SQLite)
-    /// that nothing can refuse a part of (see [`Store::insert_new_tasks_under_new_keys`]).
-    /// `None` when the group needs more: a task with a unique_id or in a batch, or a key
-    /// stored already (then nothing was written).
+    /// The common case on both databases: keys never seen before, unique_ids not taken. The
+    /// group is written with every key's answer in one statement (one text on SQLite) that
+    /// nothing can refuse a part of (see [`Store::insert_new_tasks_under_new_keys`]). `None`
+    /// when the group needs more: a task in a batch, a key stored already or a unique_id taken
+    /// (then nothing was written), or a conflict met a few groups ago.
     async fn create_under_new_keys(
         &self,
         items: &[NewTask],
@@ -298,7 +297,7 @@ impl Store {
         let mut answers: Vec<Option<Result<StoredOutcome>>> = vec![None; items.len()];
         let (inserted_index, to_insert) = ready_to_insert(items, &mut answers);
         if !super::one_statement::rows_can_be_inserted_together(&to_insert)
-            || to_insert.iter().any(|(task, _)| task.unique_id.is_some())
+            || !self.careful.may_write_optimistically()
         {
             return Ok(None);
         }

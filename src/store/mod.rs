@@ -59,6 +59,8 @@ pub struct Store {
     local_changes: changes::LocalChanges,
     /// Signalled after this process commits a change-log row, to wake its feed's reader.
     change_log_written: std::sync::Arc<tokio::sync::Notify>,
+    /// Create groups still to write the careful way after a conflict.
+    careful: std::sync::Arc<one_statement::CarefulAfterConflicts>,
 }
 
 /// How one connection pool is used at a moment, for `/metrics`.
@@ -160,6 +162,7 @@ impl Store {
             separate_snapshots: separate_readers,
             local_changes: changes::LocalChanges::new(),
             change_log_written: Default::default(),
+            careful: Default::default(),
         })
     }
 
