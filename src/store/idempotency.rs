@@ -301,23 +301,10 @@ impl Store {
         {
             return Ok(None);
         }
-        let mut claims = Vec::new();
-        let mut to_insert_at = inserted_index.iter().zip(&to_insert).peekable();
-        for (index, item) in items.iter().enumerate() {
-            let task = to_insert_at
-                .next_if(|(&at, _)| at == index)
-                .map(|(_, (task, _))| task);
-            let Some(claim) = &item.claim else {
-                continue;
-            };
-            let outcome = match (task, &answers[index]) {
-                (Some(task), _) => Ok(task.clone()),
-                (None, Some(Ok(answer))) => answer.outcome.clone(),
-                // A transient failure is not stored: the retry decides.
-                (None, _) => continue,
-            };
-            claims.push(record_row(claim, &outcome)?);
-        }
+        let claims = answers_to_store(items, &inserted_index, &to_insert, &answers)
+            .into_iter()
+            .map(|(claim, outcome, _)| record_row(claim, &outcome))
+            .collect::<Result<Vec<_>>>()?;
         if !self
             .insert_new_tasks_under_new_keys(&to_insert, &claims)
             .await?
@@ -345,21 +332,12 @@ impl Store {
             return Ok(None);
         }
         let mut claims = Vec::new();
-        let mut to_insert_at = inserted_index.iter().zip(&to_insert).peekable();
-        for (index, item) in items.iter().enumerate() {
-            let task = to_insert_at
-                .next_if(|(&at, _)| at == index)
-                .map(|(_, (task, _))| task);
-            let Some(claim) = &item.claim else {
-                continue;
-            };
-            let (outcome, task_id) = match (task, &answers[index]) {
-                (Some(task), _) if task.unique_id.is_some() => return Ok(None),
-                (Some(task), _) => (Ok(task.clone()), Some(task.id.to_string())),
-                (None, Some(Ok(answer))) => (answer.outcome.clone(), None),
-                // A transient failure is not stored: the retry decides.
-                (None, _) => continue,
-            };
+        for (claim, outcome, task) in answers_to_store(items, &inserted_index, &to_insert, &answers)
+        {
+            if task.is_some_and(|task| task.unique_id.is_some()) {
+                return Ok(None);
+            }
+            let task_id = task.map(|task| task.id.to_string());
             claims.push((record_row(claim, &outcome)?, task_id));
         }
         let inserted = self
@@ -443,6 +421,34 @@ impl Store {
             .await?;
         Ok(deleted.rows_affected)
     }
+}
+
+/// Each keyed item's answer to store under its key, with the task it creates, if any: its
+/// prepared task, or the validation error it is answered with. An item whose creation failed
+/// transiently is left out: nothing is stored, the retry decides.
+fn answers_to_store<'a>(
+    items: &'a [NewTask],
+    inserted_index: &[usize],
+    to_insert: &'a [(Task, Option<NewDelivery>)],
+    answers: &[Option<Result<StoredOutcome>>],
+) -> Vec<(&'a IdempotencyClaim, Result<Task>, Option<&'a Task>)> {
+    let mut stored = Vec::new();
+    let mut to_insert_at = inserted_index.iter().zip(to_insert).peekable();
+    for (index, item) in items.iter().enumerate() {
+        let task = to_insert_at
+            .next_if(|(&at, _)| at == index)
+            .map(|(_, (task, _))| task);
+        let Some(claim) = &item.claim else {
+            continue;
+        };
+        let outcome = match (task, &answers[index]) {
+            (Some(task), _) => Ok(task.clone()),
+            (None, Some(Ok(answer))) => answer.outcome.clone(),
+            (None, _) => continue,
+        };
+        stored.push((claim, outcome, task));
+    }
+    stored
 }
 
 /// The row that stores `outcome` under the claim's key.
