@@ -8,7 +8,9 @@
 //! COMMIT, so the other committer's group waited through those round trips too. As one
 //! statement it is one round trip, and the counter locks are held for the statement's tail and
 //! its commit only. Tasks refused for their unique_id are left out of every other row by joining
-//! on what the task insert returned. Tasks in a batch take the transaction path: a batch's
+//! on what the task insert returned; a group is first written without those joins, by a
+//! statement that a taken unique_id or stored Idempotency-Key fails whole (see
+//! [`INSERT_NEW_TASKS_NONE_REFUSED`]). Tasks in a batch take the transaction path: a batch's
 //! status is settled from the counters after they are written. Imports keep their multi-row
 //! inserts too: 512 tasks per transaction leave few round trips to save.
 //!
@@ -49,11 +51,13 @@ use crate::{
 static INSERT_NEW_TASKS: LazyLock<String> =
     LazyLock::new(|| insert_new_tasks_sql(Refusals::ByUniqueId));
 
-/// The same for tasks none of which has a unique_id: nothing can refuse one (a task id
-/// collision fails the whole statement), so tag rows and deliveries are inserted as they come
-/// and the counters take rows summed beforehand ([`CounterRows::Summed`]). No join with
-/// `created`, no grouping: on a group of creates the joins' hash tables and the counters'
-/// grouping were about a sixth of PostgreSQL's time (BENCHMARKS.md).
+/// The same for tasks that are all created or none: the task insert has no `ON CONFLICT`, so a
+/// taken unique_id (or a task id collision) fails the whole statement, and tag rows and
+/// deliveries are inserted as they come and the counters take rows summed beforehand
+/// ([`CounterRows::Summed`]). No join with `created`, no grouping: on a group of creates the
+/// joins' hash tables and the counters' grouping were about a sixth of PostgreSQL's time
+/// (BENCHMARKS.md). Certain to succeed for tasks without unique_ids; tried first for the others
+/// (see [`Store::insert_new_tasks_on_pool`]).
 static INSERT_NEW_TASKS_NONE_REFUSED: LazyLock<String> =
     LazyLock::new(|| insert_new_tasks_sql(Refusals::None));
 
@@ -70,22 +74,21 @@ static INSERT_NEW_TASKS_UNDER_KEYS: LazyLock<String> =
     LazyLock::new(|| insert_new_tasks_sql(Refusals::ByUniqueIdOrKey));
 
 /// PostgreSQL: [`INSERT_NEW_TASKS_NONE_REFUSED`] that also stores each Idempotency-Key's
-/// answer (the last parameter, [`CLAIMS_PARAM`]), for a group whose tasks have no unique_id
-/// and whose keys are all new, as keys almost always are: no join, no grouping. A key stored
-/// already (a replay, an expired key not yet swept, or a concurrent request's key, whose
-/// commit the insert waits for) fails the whole statement with a unique violation, so nothing
-/// is written and the group takes [`INSERT_NEW_TASKS_UNDER_KEYS`]. The price of a replay is
-/// that failed statement, and PostgreSQL logs it as an error.
+/// answer (the last parameter, [`CLAIMS_PARAM`]), for a group whose keys are all new and whose
+/// unique_ids are free, as they almost always are: no join, no grouping. A key stored already
+/// (a replay, an expired key not yet swept, or a concurrent request's key, whose commit the
+/// insert waits for) or a taken unique_id fails the whole statement with a unique violation, so
+/// nothing is written and the group takes [`INSERT_NEW_TASKS_UNDER_KEYS`] or a transaction. The
+/// price of a replay is that failed statement, and PostgreSQL logs it as an error.
 static INSERT_NEW_TASKS_UNDER_NEW_KEYS: LazyLock<String> =
     LazyLock::new(|| insert_new_tasks_sql(Refusals::NoneUnderNewKeys));
 
 /// What may keep a task of the statement from being created.
 #[derive(Clone, Copy, PartialEq)]
 enum Refusals {
-    /// Nothing: no task has a unique_id.
+    /// Nothing: a taken unique_id fails the statement.
     None,
-    /// Nothing either, and every Idempotency-Key is new: one stored already fails the
-    /// statement.
+    /// Nothing either, under Idempotency-Keys: a key stored already fails the statement too.
     NoneUnderNewKeys,
     /// Another task holding its unique_id.
     ByUniqueId,
@@ -198,13 +201,14 @@ static SQLITE_INSERT_NEW_TASKS: LazyLock<String> =
     LazyLock::new(|| sqlite_insert_new_tasks_sql(Refusals::ByUniqueId));
 
 /// The same for tasks none of which has a unique_id (see [`INSERT_NEW_TASKS_NONE_REFUSED`]):
-/// no look-up of each row's task, counters from rows summed beforehand.
+/// no look-up of each row's task, counters from rows summed beforehand. (SQLite's creates
+/// with unique_ids take the look-ups: they cost little there, and a failed text would.)
 static SQLITE_INSERT_NEW_TASKS_NONE_REFUSED: LazyLock<String> =
     LazyLock::new(|| sqlite_insert_new_tasks_sql(Refusals::None));
 
 /// The same under Idempotency-Keys that are all new (see [`INSERT_NEW_TASKS_UNDER_NEW_KEYS`]),
-/// with one statement more, last, storing the keys' answers: a key stored already fails it,
-/// and the caller rolls the transaction back.
+/// with one statement more, last, storing the keys' answers: a key stored already or a taken
+/// unique_id fails it, and the caller rolls the transaction back.
 static SQLITE_INSERT_NEW_TASKS_UNDER_NEW_KEYS: LazyLock<String> =
     LazyLock::new(|| sqlite_insert_new_tasks_sql(Refusals::NoneUnderNewKeys));
 
@@ -392,17 +396,30 @@ impl Store {
                 INSERT_NEW_TASKS_NONE_REFUSED.as_str(),
                 new_task_values(items, next_shard(), CounterRows::Summed)?,
             );
-            match self.db.query_all(statement).await {
-                Ok(_) => {
-                    self.change_log_written.notify_one();
-                    return Ok(vec![BulkInserted::Created; items.len()]);
-                }
-                Err(err) if super::is_unique_violation(&err) => self.careful.met_a_conflict(),
-                Err(err) => return Err(err.into()),
+            if self.written_unless_a_conflict(&self.db, statement).await? {
+                self.change_log_written.notify_one();
+                return Ok(vec![BulkInserted::Created; items.len()]);
             }
         }
         self.insert_new_tasks_in_one_statement(&self.db, items)
             .await
+    }
+
+    /// Runs a statement that a taken unique_id or stored key fails whole: `false` if one did
+    /// (then it wrote nothing, and the next groups are written the careful way for a while).
+    async fn written_unless_a_conflict(
+        &self,
+        db: &impl ConnectionTrait,
+        statement: Statement,
+    ) -> Result<bool> {
+        match db.query_all(statement).await {
+            Ok(_) => Ok(true),
+            Err(err) if super::is_unique_violation(&err) => {
+                self.careful.met_a_conflict();
+                Ok(false)
+            }
+            Err(err) => Err(err.into()),
+        }
     }
 
     /// Whether [`Store::insert_new_tasks_in_one_statement`] can take these tasks.
@@ -481,9 +498,7 @@ impl Store {
         }
         Ok(inserted)
     }
-}
 
-impl Store {
     /// Inserts new tasks and stores each Idempotency-Key's answer, in one statement
     /// (PostgreSQL) or one text in a transaction (SQLite): every task is created and every key
     /// stored, or, when a key was stored already or a unique_id taken, nothing is written and
@@ -504,19 +519,11 @@ impl Store {
                 INSERT_NEW_TASKS_UNDER_NEW_KEYS.as_str(),
                 values,
             );
-            return match self.db.query_all(statement).await {
-                Ok(_) => {
-                    if !items.is_empty() {
-                        self.change_log_written.notify_one();
-                    }
-                    Ok(true)
-                }
-                Err(err) if super::is_unique_violation(&err) => {
-                    self.careful.met_a_conflict();
-                    Ok(false)
-                }
-                Err(err) => Err(err.into()),
-            };
+            let written = self.written_unless_a_conflict(&self.db, statement).await?;
+            if written && !items.is_empty() {
+                self.change_log_written.notify_one();
+            }
+            return Ok(written);
         }
         let txn = self.db.begin().await?;
         let statement = Statement::from_sql_and_values(
@@ -524,14 +531,9 @@ impl Store {
             SQLITE_INSERT_NEW_TASKS_UNDER_NEW_KEYS.as_str(),
             values,
         );
-        match txn.query_all(statement).await {
-            Ok(_) => {}
+        if !self.written_unless_a_conflict(&txn, statement).await? {
             // Dropping the transaction rolls it back.
-            Err(err) if super::is_unique_violation(&err) => {
-                self.careful.met_a_conflict();
-                return Ok(false);
-            }
-            Err(err) => return Err(err.into()),
+            return Ok(false);
         }
         let all_created = vec![BulkInserted::Created; items.len()];
         self.commit_with_changes(
